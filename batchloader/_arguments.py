@@ -1,0 +1,154 @@
+"""Validation of the DataLoader's arguments: one place, before any work.
+
+Each check raises ``ValueError``/``TypeError`` naming the argument, the value
+received and what is allowed. Messages follow torch's where torch has one.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import multiprocessing.context
+from typing import Any
+
+import torch
+
+__all__ = [
+    "check_batching",
+    "check_callables",
+    "check_generator",
+    "check_workers",
+    "resolve_context",
+    "resolve_last_batch",
+]
+
+_LAST_BATCH_MODES = ("keep", "discard", "rollover")
+_START_METHODS = ("fork", "spawn", "forkserver")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_workers(
+    num_workers: Any, timeout: Any, prefetch_factor: Any, persistent_workers: Any
+) -> None:
+    """Checks the arguments that size and pace the workers."""
+    if not _is_int(num_workers) or num_workers < 0:
+        raise ValueError(
+            f"num_workers option should be a non-negative integer, got num_workers={num_workers!r}; "
+            "use num_workers=0 to disable multiprocessing"
+        )
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout < 0:
+        raise ValueError(f"timeout option should be a non-negative number, got timeout={timeout!r}")
+    if num_workers == 0 and prefetch_factor is not None:
+        raise ValueError(
+            f"prefetch_factor={prefetch_factor!r} needs workers: prefetch_factor option could only "
+            "be specified in multiprocessing; let num_workers > 0 to enable multiprocessing, "
+            "otherwise set prefetch_factor to None"
+        )
+    if prefetch_factor is not None and (not _is_int(prefetch_factor) or prefetch_factor < 1):
+        raise ValueError(
+            f"prefetch_factor should be a positive integer, got prefetch_factor={prefetch_factor!r}"
+        )
+    if persistent_workers and num_workers == 0:
+        raise ValueError("persistent_workers option needs num_workers > 0, got num_workers=0")
+
+
+def resolve_last_batch(drop_last: Any, last_batch: Any) -> str:
+    """Reconciles torch's ``drop_last`` with Gluon's ``last_batch``."""
+    if not isinstance(drop_last, bool):
+        raise TypeError(f"drop_last should be a bool, got drop_last={drop_last!r}")
+    if last_batch is None:
+        return "discard" if drop_last else "keep"
+    if last_batch not in _LAST_BATCH_MODES:
+        raise ValueError(
+            f"last_batch should be one of 'keep', 'discard', 'rollover', got last_batch={last_batch!r}"
+        )
+    if drop_last and last_batch != "discard":
+        raise ValueError(
+            f"drop_last=True means last_batch='discard', but last_batch={last_batch!r} was given; "
+            "pass only one of them"
+        )
+    return last_batch
+
+
+def check_batching(
+    *,
+    iterable: bool,
+    batch_size: Any,
+    shuffle: Any,
+    sampler: Any,
+    batch_sampler: Any,
+    drop_last: bool,
+    last_batch: Any,
+) -> None:
+    """Checks how indices are chosen and grouped, as torch's DataLoader does."""
+    if batch_size is not None and (not _is_int(batch_size) or batch_size <= 0):
+        raise ValueError(
+            f"batch_size should be a positive integer value or None, got batch_size={batch_size!r}"
+        )
+    if shuffle not in (None, True, False):
+        raise TypeError(f"shuffle should be a bool or None, got shuffle={shuffle!r}")
+    if iterable:
+        for name, value in (("shuffle", shuffle), ("sampler", sampler), ("batch_sampler", batch_sampler)):
+            if value not in (None, False):
+                raise ValueError(
+                    f"DataLoader with IterableDataset: expected unspecified {name} option, "
+                    f"but got {name}={value!r}; an iterable dataset chooses its own order"
+                )
+        if last_batch == "rollover":
+            raise ValueError("last_batch='rollover' needs a map-style dataset, not an IterableDataset")
+    if sampler is not None and shuffle:
+        raise ValueError(
+            f"sampler option is mutually exclusive with shuffle, got shuffle={shuffle!r} "
+            f"and sampler={sampler!r}"
+        )
+    if batch_sampler is not None:
+        if batch_size != 1 or shuffle or sampler is not None or drop_last or last_batch is not None:
+            raise ValueError(
+                "batch_sampler option is mutually exclusive with batch_size, shuffle, sampler, "
+                f"drop_last and last_batch; got batch_size={batch_size!r}, shuffle={shuffle!r}, "
+                f"sampler={sampler!r}, drop_last={drop_last!r}, last_batch={last_batch!r}"
+            )
+    elif batch_size is None and (drop_last or last_batch not in (None, "keep")):
+        raise ValueError(
+            "batch_size=None option disables auto-batching and is mutually exclusive with "
+            f"drop_last and last_batch; got drop_last={drop_last!r}, last_batch={last_batch!r}"
+        )
+
+
+def resolve_context(context: Any, num_workers: int) -> multiprocessing.context.BaseContext:
+    """The multiprocessing context to start workers with; 'fork' unless told."""
+    if context is None:
+        return multiprocessing.get_context("fork")
+    if num_workers == 0:
+        raise ValueError(
+            "multiprocessing_context can only be used with multi-process loading "
+            f"(num_workers > 0), but got num_workers=0 and multiprocessing_context={context!r}"
+        )
+    if isinstance(context, str):
+        if context not in _START_METHODS:
+            raise ValueError(
+                f"multiprocessing_context should be one of {_START_METHODS}, got {context!r}"
+            )
+        return multiprocessing.get_context(context)
+    if isinstance(context, multiprocessing.context.BaseContext):
+        return context
+    raise TypeError(
+        "multiprocessing_context should be a start method name or a multiprocessing context, "
+        f"got {type(context).__qualname__}"
+    )
+
+
+def check_callables(**values: Any) -> None:
+    """Each named value must be callable or None."""
+    for name, value in values.items():
+        if value is not None and not callable(value):
+            raise TypeError(f"{name} should be callable or None, got {name}={value!r}")
+
+
+def check_generator(generator: Any) -> None:
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(
+            f"generator should be a torch.Generator or None, got {type(generator).__qualname__}"
+        )

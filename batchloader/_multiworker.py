@@ -1,0 +1,313 @@
+"""Drives a worker pool from the main process: prefetch, reordering, failure.
+
+Both iterators share one state machine::
+
+    RUNNING ──last batch handed out──────────────► EXHAUSTED
+       │
+       ├──worker error / timeout / dead worker───► FAILED
+       │
+       └──close() (also from EXHAUSTED, FAILED)──► CLOSED
+
+Leaving RUNNING releases every batch not handed out and, when the iterator
+owns its pool (``persistent_workers=False``), shuts the pool down.
+
+Bounded buffer (map-style): batches in flight plus batches waiting in the
+reorder buffer never exceed ``prefetch_factor * num_workers``, and every batch
+id sent is in flight, in the reorder buffer, or already handed out.
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator
+from typing import Any
+
+from . import _shm
+from ._config import LoaderConfig
+from ._errors import LoaderTimeoutError, _RemoteError
+from ._pool import WorkerPool
+from ._worker import Result, Status, Task
+
+__all__ = ["MultiWorkerIter", "StreamingIter"]
+
+# How often a waiting main thread checks worker liveness and the user's timeout.
+_POLL_INTERVAL_S = 0.1
+# How many indices an error message shows before it elides the rest.
+_INDICES_SHOWN = 16
+
+
+class _State(enum.Enum):
+    RUNNING = "running"
+    EXHAUSTED = "exhausted"
+    FAILED = "failed"
+    CLOSED = "closed"
+
+
+def _show(indices: Any) -> str:
+    if isinstance(indices, list) and len(indices) > _INDICES_SHOWN:
+        return f"{indices[:_INDICES_SHOWN]} (and {len(indices) - _INDICES_SHOWN} more)"
+    return repr(indices)
+
+
+class _BaseIter:
+    """The state machine and shutdown shared by both iterators."""
+
+    def __init__(self, config: LoaderConfig, pool: WorkerPool, *, owns_pool: bool):
+        self._config = config
+        self._pool = pool
+        self._owns_pool = owns_pool
+        self._state = _State.RUNNING
+        self._lock = threading.Lock()
+        self._deadline: float | None = None
+        self.batches_yielded = 0
+
+    def __iter__(self) -> Iterator[Any]:
+        return self
+
+    def __next__(self) -> Any:
+        if self._state is not _State.RUNNING:
+            raise StopIteration
+        self._deadline = (
+            time.monotonic() + self._config.timeout_s if self._config.timeout_s > 0 else None
+        )
+        try:
+            result = self._next_result()
+        except BaseException:
+            self._leave(_State.FAILED)
+            raise
+        if result is None:
+            self._leave(_State.EXHAUSTED)
+            raise StopIteration
+        return self._deliver(*result)
+
+    def _next_result(self) -> tuple[Result, Any] | None:
+        raise NotImplementedError
+
+    def _deliver(self, result: Result, indices: Any) -> Any:
+        if result.status is Status.ERROR:
+            self._leave(_State.FAILED)
+            where = "" if indices is None else f", indices {_show(indices)}"
+            raise result.payload.rebuild(
+                f"Raised in DataLoader worker {result.worker_id} "
+                f"while loading batch {result.batch_id}{where}."
+            )
+        self.batches_yielded += 1
+        if self._pool.prefix is None:
+            return result.payload
+        return _shm.unpack(result.payload)
+
+    def _check(self) -> None:
+        """Called on every idle poll: are the workers alive, has time run out?"""
+        self._pool.check_alive()
+        if self._deadline is not None and time.monotonic() > self._deadline:
+            raise LoaderTimeoutError(
+                f"DataLoader timed out after {self._config.timeout_s} seconds waiting for "
+                f"{self._waiting_for()}; workers: {self._pool.describe()}"
+            )
+
+    def _waiting_for(self) -> str:
+        raise NotImplementedError
+
+    def _leave(self, state: _State) -> None:
+        with self._lock:
+            if self._state is not _State.RUNNING:
+                if state is _State.CLOSED:
+                    self._state = state
+                return
+            self._state = state
+            pending = self._take_pending()
+        for result in pending:
+            self._pool.release(result)
+        self._stop_work()
+        if self._owns_pool or self._pool.broken:
+            self._pool.close()
+
+    def _take_pending(self) -> list[Result]:
+        raise NotImplementedError
+
+    def _stop_work(self) -> None:
+        """Stops work this iterator started on a pool that outlives it."""
+
+    def close(self) -> None:
+        """Stops the epoch early and releases everything; idempotent."""
+        self._leave(_State.CLOSED)
+
+    def __del__(self) -> None:
+        if getattr(self, "_state", _State.CLOSED) is _State.RUNNING:
+            self.close()
+
+
+class _Inbox:
+    """Where the pool's result thread leaves results for one iterator.
+
+    The callbacks hold the inbox, not the iterator, so an abandoned iterator
+    is collected (and closes its pool) in the user's thread, never in the
+    pool's own result thread. Once closed, late results are released at once.
+    """
+
+    def __init__(self, shm_prefix: str | None):
+        self._shm = shm_prefix is not None
+        self._lock = threading.Lock()
+        self._open = True
+        self._queue: queue.SimpleQueue[Result] = queue.SimpleQueue()
+
+    def put(self, result: Result) -> None:
+        with self._lock:
+            if self._open:
+                self._queue.put(result)
+                return
+        if self._shm and result.status is Status.OK:
+            _shm.release(result.payload)
+
+    def put_error(self, batch_id: int, exc: BaseException) -> None:
+        """The pool could not deliver a result (for example, it failed to pickle)."""
+        self.put(Result(batch_id, -1, Status.ERROR, _RemoteError.capture(exc)))
+
+    def get(self, timeout_s: float) -> Result:
+        return self._queue.get(timeout=timeout_s)
+
+    def close(self) -> list[Result]:
+        """Stops accepting results; returns those not yet taken."""
+        with self._lock:
+            self._open = False
+        pending = []
+        while True:
+            try:
+                pending.append(self._queue.get_nowait())
+            except queue.Empty:
+                return pending
+
+
+class MultiWorkerIter(_BaseIter):
+    """One epoch of a map-style dataset: index lists out, batches back in order."""
+
+    def __init__(
+        self,
+        config: LoaderConfig,
+        pool: WorkerPool,
+        batches: Iterator[Any],
+        *,
+        owns_pool: bool,
+    ):
+        super().__init__(config, pool, owns_pool=owns_pool)
+        self._batches = batches
+        self._batches_done = False
+        self._inbox = _Inbox(pool.prefix)
+        self._in_flight: dict[int, Any] = {}  # batch id -> indices: sent, not yet back
+        self._reorder: dict[int, tuple[Result, Any]] = {}  # back, not yet handed out
+        self._next_id = 0
+        self._sent = 0
+        self._fill()
+
+    def _fill(self) -> None:
+        while (
+            not self._batches_done
+            and len(self._in_flight) + len(self._reorder) < self._config.max_in_flight
+        ):
+            try:
+                indices = next(self._batches)
+            except StopIteration:
+                self._batches_done = True
+                return
+            batch_id, self._sent = self._sent, self._sent + 1
+            self._in_flight[batch_id] = indices
+            on_error = functools.partial(self._inbox.put_error, batch_id)
+            self._pool.submit(Task(batch_id, indices), self._inbox.put, on_error)
+
+    def _next_result(self) -> tuple[Result, Any] | None:
+        while True:
+            ready = self._pop_ready()
+            if ready is not None:
+                self._fill()
+                return ready
+            if not self._in_flight:
+                return None
+            self._receive()
+
+    def _pop_ready(self) -> tuple[Result, Any] | None:
+        if self._config.in_order:
+            ready = self._reorder.pop(self._next_id, None)
+            if ready is not None:
+                self._next_id += 1
+            return ready
+        return self._reorder.pop(min(self._reorder)) if self._reorder else None
+
+    def _receive(self) -> None:
+        try:
+            result = self._inbox.get(_POLL_INTERVAL_S)
+        except queue.Empty:
+            self._check()
+            return
+        self._reorder[result.batch_id] = (result, self._in_flight.pop(result.batch_id))
+
+    def _waiting_for(self) -> str:
+        if self._config.in_order:
+            return f"batch {self._next_id} (indices {_show(self._in_flight.get(self._next_id))})"
+        return f"any of batches {sorted(self._in_flight)}"
+
+    def _take_pending(self) -> list[Result]:
+        pending = [result for result, _ in self._reorder.values()]
+        self._reorder.clear()
+        return pending + self._inbox.close()
+
+
+class StreamingIter(_BaseIter):
+    """One epoch of an iterable dataset: each worker streams its own copy.
+
+    Batches are taken round-robin over the workers still streaming (as torch
+    does); a worker whose shard ends leaves the rotation; the epoch ends when
+    all have. ``in_order=False`` takes whichever worker has a batch ready.
+    """
+
+    def __init__(self, config: LoaderConfig, pool: WorkerPool, *, owns_pool: bool):
+        super().__init__(config, pool, owns_pool=owns_pool)
+        self._streams = pool.setup.streams
+        self._active = deque(range(config.num_workers))
+        self._epoch = pool.start_streams()
+
+    def _next_result(self) -> tuple[Result, Any] | None:
+        while self._active:
+            result = self._get_in_turn() if self._config.in_order else self._get_any()
+            if result is None or result.epoch != self._epoch:
+                if result is not None:
+                    self._pool.release(result)
+                continue
+            if result.status is Status.EXHAUSTED:
+                self._active.remove(result.worker_id)
+                continue
+            if self._config.in_order:
+                self._active.rotate(-1)
+            return result, None
+        return None
+
+    def _get_in_turn(self) -> Result | None:
+        try:
+            return self._streams[self._active[0]].get(timeout=_POLL_INTERVAL_S)
+        except queue.Empty:
+            self._check()
+            return None
+
+    def _get_any(self) -> Result | None:
+        for worker_id in self._active:
+            try:
+                return self._streams[worker_id].get_nowait()
+            except queue.Empty:
+                continue
+        self._check()
+        time.sleep(_POLL_INTERVAL_S / 20)
+        return None
+
+    def _waiting_for(self) -> str:
+        return f"the next batch from worker {self._active[0]}"
+
+    def _take_pending(self) -> list[Result]:
+        return []
+
+    def _stop_work(self) -> None:
+        if not self._owns_pool and not self._pool.closed:
+            self._pool.stop_streams()

@@ -1,0 +1,271 @@
+"""A started pool of workers: start-up, liveness, and ordered shutdown.
+
+``multiprocessing.Pool`` silently replaces a worker that dies and drops the
+task it held (cpython#96062), and its ``terminate()`` can deadlock on a queue
+lock that a killed worker held. So this module keeps its own handles on the
+worker processes, reports a death by pid and exit code, and shuts down by
+killing the workers itself before it lets the Pool stop its helper threads.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import pickle
+import queue
+import time
+import signal
+import threading
+import weakref
+from collections.abc import Callable
+from multiprocessing.pool import TERMINATE, Pool, ThreadPool
+from typing import Any
+
+from . import _shm, _worker
+from ._config import FetchSpec, LoaderConfig, WorkerKind
+from ._errors import WorkerDiedError
+
+__all__ = ["WorkerPool"]
+
+_log = logging.getLogger("batchloader")
+
+# Grace a worker gets after SIGTERM before SIGKILL: workers hold no state worth saving.
+_TERM_GRACE_S = 1.0
+# How long an abandoned epoch's stream tasks get to notice the stop flag.
+_STREAM_STOP_S = 5.0
+_POLL_S = 0.01
+# Grace a thread worker gets to finish its current task at shutdown.
+_THREAD_JOIN_S = 2.0
+
+
+def check_picklable(spec: FetchSpec, start_method: str) -> None:
+    """Raises a TypeError naming the part of ``spec`` that cannot be pickled."""
+    for name in ("dataset", "collate_fn", "worker_init_fn"):
+        value = getattr(spec, name)
+        try:
+            pickle.dumps(value)
+        except Exception as e:
+            raise TypeError(
+                f"{name} of type {type(value).__qualname__} cannot be pickled, and the "
+                f"{start_method!r} start method sends it to each worker by pickling ({e}); "
+                f"use multiprocessing_context='fork', thread_pool=True, or make it picklable "
+                f"(define it at module level, not as a lambda or local)"
+            ) from e
+
+
+def _exit_description(exitcode: int) -> str:
+    if exitcode < 0:
+        try:
+            return f"was killed by signal {signal.Signals(-exitcode).name}"
+        except ValueError:
+            return f"was killed by signal {-exitcode}"
+    return f"exited with code {exitcode}"
+
+
+def _free_lock(lock: Any) -> None:
+    """Leaves a queue lock released, even if a killed worker died holding it."""
+    if lock is None:
+        return
+    if lock.acquire(False):
+        lock.release()
+    else:
+        lock.release()
+
+
+class WorkerPool:
+    """``num_workers`` processes or threads holding one :class:`FetchSpec`.
+
+    Example::
+
+        pool = WorkerPool(config, spec, base_seed=0)
+        pool.submit(Task(0, [0, 1]), on_result, on_error)
+        pool.close()
+    """
+
+    def __init__(self, config: LoaderConfig, spec: FetchSpec, base_seed: int):
+        self.kind = config.worker_kind
+        self.num_workers = config.num_workers
+        self.spec = spec
+        self._closed = False
+        self.broken = False
+        self._stream_epoch = 0
+        self._streams: list[Any] = []
+        if self.kind is WorkerKind.PROCESS:
+            self._start_processes(config, spec, base_seed)
+        else:
+            self._start_threads(config, spec, base_seed)
+        # Pool._pool is private, but it is the only handle on the workers it starts.
+        self._members = list(self._pool._pool)
+        self._finalizer = weakref.finalize(self, _shutdown, self._state_for_shutdown())
+
+    def _start_processes(self, config: LoaderConfig, spec: FetchSpec, base_seed: int) -> None:
+        ctx = config.mp_context
+        method = ctx.get_start_method()
+        if method != "fork":
+            check_picklable(spec, method)
+        n = config.num_workers
+        self.prefix: str | None = _shm.new_prefix()
+        iterable = spec.iterable
+        self.setup = _worker.WorkerSetup(
+            spec=spec,
+            num_workers=n,
+            base_seed=base_seed,
+            shm_prefix=self.prefix,
+            id_source=ctx.Value("i", 0),
+            streams=[ctx.Queue(config.prefetch_factor) for _ in range(n)] if iterable else None,
+            barrier=ctx.Barrier(n) if iterable else None,
+            stop=ctx.Event() if iterable else None,
+        )
+        self._pool: Pool = ctx.Pool(n, _worker.init_process_worker, (self.setup,))
+
+    def _start_threads(self, config: LoaderConfig, spec: FetchSpec, base_seed: int) -> None:
+        n = config.num_workers
+        self.prefix = None
+        iterable = spec.iterable
+        self.setup = _worker.WorkerSetup(
+            spec=spec,
+            num_workers=n,
+            base_seed=base_seed,
+            shm_prefix=None,
+            id_source=itertools.count(),
+            streams=[queue.Queue(config.prefetch_factor) for _ in range(n)] if iterable else None,
+            barrier=threading.Barrier(n) if iterable else None,
+            stop=threading.Event() if iterable else None,
+        )
+        self._pool = ThreadPool(n, _worker.init_thread_worker, (self.setup,))
+
+    def _state_for_shutdown(self) -> tuple[Any, ...]:
+        return (self.kind, self._pool, self._members, self.prefix, self.setup)
+
+    def submit(
+        self,
+        task: _worker.Task,
+        on_result: Callable[[_worker.Result], None],
+        on_error: Callable[[BaseException], None],
+    ) -> None:
+        """Sends one task; exactly one of the callbacks runs when it is done."""
+        self._pool.apply_async(_worker.run_task, (task,), callback=on_result, error_callback=on_error)
+
+    def start_streams(self) -> int:
+        """Starts one stream task per worker for a new epoch; returns the epoch."""
+        self.setup.stop.clear()
+        self.setup.barrier.reset()
+        self._stream_epoch += 1
+        self._streams = [
+            self._pool.apply_async(_worker.stream_shard, (self._stream_epoch,))
+            for _ in range(self.num_workers)
+        ]
+        return self._stream_epoch
+
+    def stop_streams(self) -> None:
+        """Stops an epoch's stream tasks early, dropping what they queued."""
+        self.setup.stop.set()
+        deadline = time.monotonic() + _STREAM_STOP_S
+        while not all(r.ready() for r in self._streams):
+            self.drain_streams()
+            if time.monotonic() > deadline:
+                _log.warning("iterable dataset workers did not stop; restarting them")
+                self.broken = True
+                return
+            time.sleep(_POLL_S)
+        self.drain_streams()
+
+    def drain_streams(self) -> None:
+        """Empties the stream queues, unlinking the batches in them."""
+        for stream in self.setup.streams:
+            while True:
+                try:
+                    result = stream.get_nowait()
+                except queue.Empty:
+                    break
+                self.release(result)
+
+    def release(self, result: _worker.Result) -> None:
+        """Frees the shared memory of a result that will not be handed out."""
+        if self.prefix is not None and result.status is _worker.Status.OK:
+            _shm.release(result.payload)
+
+    def check_alive(self) -> None:
+        """Raises :class:`WorkerDiedError` if any worker has exited."""
+        for member in self._members:
+            if self.kind is WorkerKind.PROCESS:
+                code = member.exitcode
+                if code is not None:
+                    self.broken = True
+                    raise WorkerDiedError(
+                        f"DataLoader worker (pid {member.pid}) {_exit_description(code)}. "
+                        "If it was killed by SIGKILL, the machine may be out of memory; "
+                        "if /dev/shm is small, see docs on shared memory.",
+                        pid=member.pid,
+                        exitcode=code,
+                    )
+            elif not member.is_alive():
+                self.broken = True
+                raise WorkerDiedError(f"DataLoader worker thread {member.name} stopped")
+
+    def describe(self) -> str:
+        """One line on each worker's state, for error messages."""
+        if self.kind is WorkerKind.THREAD:
+            return ", ".join(f"{m.name}: {'alive' if m.is_alive() else 'dead'}" for m in self._members)
+        return ", ".join(
+            f"pid {m.pid}: {'alive' if m.exitcode is None else _exit_description(m.exitcode)}"
+            for m in self._members
+        )
+
+    def close(self) -> None:
+        """Stops every worker and frees what they held; idempotent."""
+        self._closed = True
+        self._finalizer()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+
+def _shutdown(state: tuple[Any, ...]) -> None:
+    kind, pool, members, prefix, setup = state
+    helpers = (pool._worker_handler, pool._task_handler, pool._result_handler)
+    if threading.current_thread() in helpers:
+        # Collected on one of the Pool's own threads, which terminate() must join.
+        threading.Thread(target=_shutdown, args=(state,), name="batchloader-shutdown").start()
+        return
+    if setup.stop is not None:
+        setup.stop.set()
+    if setup.barrier is not None:
+        setup.barrier.abort()
+    try:
+        if kind is WorkerKind.PROCESS:
+            _stop_processes(pool, members)
+        else:
+            pool.terminate()
+            for thread in members:
+                thread.join(_THREAD_JOIN_S)
+    finally:
+        if setup.streams is not None and kind is WorkerKind.PROCESS:
+            for stream in setup.streams:
+                stream.close()
+                stream.cancel_join_thread()
+        if prefix is not None:
+            _shm.unlink_prefix(prefix)
+
+
+def _stop_processes(pool: Pool, members: list[Any]) -> None:
+    # First stop the Pool's handler from replacing the workers we are about to kill.
+    pool._worker_handler._state = TERMINATE
+    pool._change_notifier.put(None)
+    pool._worker_handler.join(_TERM_GRACE_S)
+    processes = list({p.pid: p for p in [*members, *pool._pool]}.values())
+    for p in processes:
+        if p.exitcode is None:
+            p.terminate()
+    for p in processes:
+        p.join(_TERM_GRACE_S)
+        if p.exitcode is None:
+            _log.warning("worker pid %s ignored SIGTERM; killing it", p.pid)
+            p.kill()
+            p.join()
+    # Pool.terminate() takes these locks; a worker killed inside get()/put() held them.
+    _free_lock(pool._inqueue._rlock)
+    _free_lock(getattr(pool._outqueue, "_wlock", None))
+    pool.terminate()
+    pool.join()

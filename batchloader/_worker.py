@@ -1,0 +1,279 @@
+"""Everything that runs inside a worker (a pool process or a pool thread).
+
+The pool initializer receives one :class:`WorkerSetup` and keeps it, with the
+worker's id and info, in a per-worker :class:`_WorkerState` (a thread-local,
+which for a process worker is simply the process's own). A task then carries
+only ``(batch_id, indices)``.
+
+Wire protocol::
+
+    main ── Task(batch_id, indices) ──► worker          (map-style datasets)
+    main ◄── Result(batch_id, worker_id, status, payload) ── worker
+
+    worker ── Result(...OK...) * n, Result(...EXHAUSTED) ──► its stream queue
+                                                          (iterable datasets)
+"""
+
+from __future__ import annotations
+
+import ctypes
+import enum
+import itertools
+import queue
+import random
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import _shm
+from ._config import FetchMode, FetchSpec
+from ._errors import _RemoteError
+
+__all__ = [
+    "Result",
+    "Status",
+    "Task",
+    "WorkerSetup",
+    "fetch_batch",
+    "get_worker_info",
+    "init_process_worker",
+    "init_thread_worker",
+    "next_iterable_batch",
+    "run_task",
+    "stream_shard",
+]
+
+# How long a streaming worker waits on a full queue before checking the stop flag.
+_PUT_POLL_S = 0.1
+# How long a streaming worker waits for its siblings to each take one stream task.
+_BARRIER_TIMEOUT_S = 120.0
+_PR_SET_PDEATHSIG = 1
+
+
+class Status(enum.Enum):
+    """What a :class:`Result` carries."""
+
+    OK = "ok"  # payload: the (packed) batch
+    ERROR = "error"  # payload: a _RemoteError
+    EXHAUSTED = "exhausted"  # an iterable worker's shard is done; no payload
+
+
+@dataclass(frozen=True, slots=True)
+class Task:
+    """One batch to make: an index list (or one index when ``batch_size=None``)."""
+
+    batch_id: int
+    indices: Any
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """A worker's answer to one task, or one item of an iterable worker's stream."""
+
+    batch_id: int
+    worker_id: int
+    status: Status
+    payload: Any = None
+    epoch: int = 0  # for streams: results of an abandoned epoch are told apart and dropped
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSetup:
+    """What every worker receives once, in the pool initializer."""
+
+    spec: FetchSpec
+    num_workers: int
+    base_seed: int
+    shm_prefix: str | None  # None: results are not moved to shared memory (threads)
+    id_source: Any  # a multiprocessing Value for processes, an itertools.count for threads
+    streams: list[Any] | None = None  # per-worker result queues (iterable datasets)
+    barrier: Any = None  # lets each stream task land on a distinct worker
+    stop: Any = None  # an Event: stop streaming (early end of an epoch)
+
+
+@dataclass(slots=True)
+class _WorkerState:
+    setup: WorkerSetup
+    worker_id: int
+    info: Any
+    init_error: _RemoteError | None = None
+    stream_count: itertools.count = field(default_factory=itertools.count)
+
+
+_local = threading.local()
+
+
+def get_worker_info() -> Any:
+    """Information about the current worker, or ``None`` outside a worker.
+
+    Inside a worker it has ``id``, ``num_workers``, ``seed`` and ``dataset``
+    (this worker's copy). In process workers it is the very object that
+    ``torch.utils.data.get_worker_info()`` returns, so datasets written for
+    torch shard correctly. In thread workers only this function knows it.
+
+    Example::
+
+        info = batchloader.get_worker_info()
+        shard = range(info.id, n, info.num_workers) if info else range(n)
+    """
+    state = getattr(_local, "state", None)
+    return None if state is None else state.info
+
+
+def _make_info(worker_id: int, num_workers: int, seed: int, dataset: Any) -> Any:
+    from torch.utils.data._utils.worker import WorkerInfo
+
+    return WorkerInfo(id=worker_id, num_workers=num_workers, seed=seed, dataset=dataset)
+
+
+def _seed_globals(seed: int, worker_id: int, base_seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+    np_seed = np.random.SeedSequence([worker_id, base_seed % 2**63]).generate_state(4)
+    np.random.seed(np_seed)
+
+
+def _die_with_parent() -> None:
+    """Asks Linux to SIGKILL this worker if the main process dies first."""
+    if sys.platform != "linux":
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass
+
+
+def _start(setup: WorkerSetup, worker_id: int, *, is_process: bool) -> None:
+    seed = (setup.base_seed + worker_id) % 2**64
+    info = _make_info(worker_id, setup.num_workers, seed, setup.spec.dataset)
+    state = _WorkerState(setup, worker_id, info)
+    _local.state = state
+    try:
+        if is_process:
+            import torch.utils.data._utils.worker as torch_worker
+
+            torch_worker._worker_info = info  # torch.utils.data.get_worker_info() sees it
+            _seed_globals(seed, worker_id, setup.base_seed)
+        if setup.spec.worker_init_fn is not None:
+            setup.spec.worker_init_fn(worker_id)
+    except Exception as e:
+        # Raising here would make Pool respawn this worker forever; every task reports it instead.
+        state.init_error = _RemoteError.capture(e)
+
+
+def init_process_worker(setup: WorkerSetup) -> None:
+    """Pool initializer for process workers."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
+    _die_with_parent()
+    torch.set_num_threads(1)
+    with setup.id_source.get_lock():
+        worker_id = setup.id_source.value
+        setup.id_source.value += 1
+    if setup.shm_prefix is not None:
+        _shm.enable_worker_allocation(setup.shm_prefix)
+    _start(setup, worker_id, is_process=True)
+
+
+def init_thread_worker(setup: WorkerSetup) -> None:
+    """Pool initializer for thread workers: same dataset object, no pickling."""
+    _start(setup, next(setup.id_source), is_process=False)
+
+
+def fetch_batch(spec: FetchSpec, indices: Any) -> Any:
+    """Makes one batch of a map-style dataset; shared by every worker kind."""
+    dataset = spec.dataset
+    match spec.mode:
+        case FetchMode.SAMPLES:
+            getitems = getattr(dataset, "__getitems__", None)
+            samples = getitems(indices) if getitems else [dataset[i] for i in indices]
+            return spec.collate_fn(samples)
+        case FetchMode.GET_BATCH:
+            return dataset.get_batch(indices)
+        case FetchMode.SINGLE:
+            return spec.collate_fn(dataset[indices])
+        case FetchMode.BATCH_DATASET:
+            from .datasets import check_batch
+
+            return spec.collate_fn(check_batch(dataset[indices], indices))
+    raise RuntimeError(f"[INTERNAL ERROR] fetch_batch got mode {spec.mode}")
+
+
+def next_iterable_batch(spec: FetchSpec, iterator: Iterator[Any]) -> Any:
+    """The next batch of an iterable dataset; raises StopIteration at its end."""
+    if spec.mode is FetchMode.ITERABLE_SINGLE:
+        return spec.collate_fn(next(iterator))
+    items = list(itertools.islice(iterator, spec.batch_size))
+    if not items or (spec.drop_last and len(items) < spec.batch_size):
+        raise StopIteration
+    return spec.collate_fn(items)
+
+
+def _outgoing(state: _WorkerState, batch: Any) -> Any:
+    return batch if state.setup.shm_prefix is None else _shm.pack(batch)
+
+
+def run_task(task: Task) -> Result:
+    """The pool's task function: one index list in, one result out, never raises."""
+    state: _WorkerState = _local.state
+    if state.init_error is not None:
+        return Result(task.batch_id, state.worker_id, Status.ERROR, state.init_error)
+    try:
+        batch = fetch_batch(state.setup.spec, task.indices)
+        return Result(task.batch_id, state.worker_id, Status.OK, _outgoing(state, batch))
+    except Exception as e:
+        return Result(task.batch_id, state.worker_id, Status.ERROR, _RemoteError.capture(e))
+
+
+def _put(state: _WorkerState, result: Result) -> bool:
+    """Puts into this worker's stream; False if told to stop first."""
+    stream = state.setup.streams[state.worker_id]
+    while not state.setup.stop.is_set():
+        try:
+            stream.put(result, timeout=_PUT_POLL_S)
+            return True
+        except queue.Full:
+            continue
+    if result.status is Status.OK and state.setup.shm_prefix is not None:
+        _shm.release(result.payload)
+    return False
+
+
+def stream_shard(epoch: int) -> None:
+    """Streams this worker's copy of an iterable dataset into its queue.
+
+    One such task per worker per epoch. The barrier makes each land on a
+    distinct worker: a worker whose shard ends at once must not take a second.
+    """
+    state: _WorkerState = _local.state
+    setup = state.setup
+    try:
+        setup.barrier.wait(timeout=_BARRIER_TIMEOUT_S)
+    except threading.BrokenBarrierError:
+        return
+    wid = state.worker_id
+    if state.init_error is not None:
+        _put(state, Result(-1, wid, Status.ERROR, state.init_error, epoch))
+        return
+    try:
+        iterator = iter(setup.spec.dataset)
+    except Exception as e:
+        _put(state, Result(-1, wid, Status.ERROR, _RemoteError.capture(e), epoch))
+        return
+    for n in itertools.count():
+        try:
+            batch = next_iterable_batch(setup.spec, iterator)
+        except StopIteration:
+            _put(state, Result(n, wid, Status.EXHAUSTED, None, epoch))
+            return
+        except Exception as e:
+            _put(state, Result(n, wid, Status.ERROR, _RemoteError.capture(e), epoch))
+            return
+        if not _put(state, Result(n, wid, Status.OK, _outgoing(state, batch), epoch)):
+            return

@@ -1,0 +1,373 @@
+"""``DataLoader``: torch's constructor, Gluon's extras, one frozen config.
+
+The loader validates its arguments once, builds the sampler chain and two
+value objects (:class:`FetchSpec`, what workers need; :class:`LoaderConfig`,
+how they run), and hands them to the iterator it picks for each epoch.
+"""
+
+from __future__ import annotations
+
+import itertools
+import warnings
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, Generic
+
+import torch
+import torch.utils.data
+
+from . import _arguments as args
+from ._config import FetchMode, FetchSpec, LoaderConfig, WorkerKind
+from ._multiworker import MultiWorkerIter, StreamingIter
+from ._pool import WorkerPool
+from ._typing import T_co
+from ._worker import fetch_batch, next_iterable_batch
+from .collate import default_collate, default_convert
+from .datasets import (
+    batch_dataset_options,
+    generator_with_processes_error,
+    is_batch_dataset,
+    is_generator_like,
+    threadsafe,
+)
+from .pin_memory import _PinMemoryIter as PinMemoryIter
+from .pin_memory import make_pin_fn
+from .samplers import BatchSampler, RandomSampler, SequentialSampler
+
+__all__ = ["DataLoader"]
+
+_DEFAULT_PREFETCH_FACTOR = 2
+
+
+def _identity(batch: Any) -> Any:
+    return batch
+
+
+def _endless() -> Iterator[int]:
+    """Batch indices of an infinite batch dataset: 0, 1, 2, ..."""
+    return itertools.count()
+
+
+class DataLoader(Generic[T_co]):
+    """Loads batches from a dataset; a drop-in for ``torch.utils.data.DataLoader``.
+
+    Every torch argument means what it means in torch. Beyond torch:
+    ``last_batch`` ('keep', 'discard' or 'rollover', from MXNet Gluon) says what
+    happens to an epoch's incomplete last batch, and ``thread_pool=True`` runs
+    the ``num_workers`` workers as threads over the same dataset object.
+
+    Example::
+
+        loader = DataLoader(dataset, batch_size=32, shuffle=True, num_workers=2)
+        for epoch in range(3):
+            for images, labels in loader:
+                ...
+        loader.close()  # or use ``with DataLoader(...) as loader:``
+
+    Trap: with ``persistent_workers=False`` (torch's default) each epoch starts
+    fresh workers; with ``True`` they live until :meth:`close`.
+    """
+
+    def __init__(
+        self,
+        dataset: Any,
+        batch_size: int | None = 1,
+        shuffle: bool | None = None,
+        sampler: Iterable[Any] | None = None,
+        batch_sampler: Iterable[list[int]] | None = None,
+        num_workers: int = 0,
+        collate_fn: Callable[[Any], Any] | None = None,
+        pin_memory: bool = False,
+        drop_last: bool = False,
+        timeout: float = 0,
+        worker_init_fn: Callable[[int], None] | None = None,
+        multiprocessing_context: Any = None,
+        generator: torch.Generator | None = None,
+        *,
+        prefetch_factor: int | None = None,
+        persistent_workers: bool = False,
+        pin_memory_device: str = "",
+        in_order: bool = True,
+        last_batch: str | None = None,
+        thread_pool: bool = False,
+    ):
+        self.dataset = dataset
+        self._batch_dataset = is_batch_dataset(dataset)
+        if self._batch_dataset:
+            batch_size, num_workers, thread_pool, prefetch_factor = self._keras_defaults(
+                batch_size, num_workers, thread_pool, prefetch_factor
+            )
+        iterable = isinstance(dataset, torch.utils.data.IterableDataset) or is_generator_like(
+            dataset
+        )
+        args.check_workers(num_workers, timeout, prefetch_factor, persistent_workers)
+        args.check_batching(
+            iterable=iterable,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            sampler=sampler,
+            batch_sampler=batch_sampler,
+            drop_last=drop_last,
+            last_batch=last_batch,
+        )
+        mode = args.resolve_last_batch(drop_last, last_batch)
+        args.check_callables(collate_fn=collate_fn, worker_init_fn=worker_init_fn)
+        args.check_generator(generator)
+        context = args.resolve_context(multiprocessing_context, num_workers)
+        kind = WorkerKind.THREAD if thread_pool else WorkerKind.PROCESS
+        if is_generator_like(dataset):
+            if num_workers > 0 and kind is WorkerKind.PROCESS:
+                raise generator_with_processes_error(dataset)
+            dataset = self.dataset = threadsafe(dataset)
+
+        self.batch_size = batch_size
+        self.drop_last = mode == "discard"
+        self.last_batch = mode
+        self.num_workers = num_workers
+        self.prefetch_factor = prefetch_factor
+        self.pin_memory = pin_memory
+        self.pin_memory_device = pin_memory_device
+        self.timeout = timeout
+        self.worker_init_fn = worker_init_fn
+        self.generator = generator
+        self.persistent_workers = persistent_workers
+        self.in_order = in_order
+        self.thread_pool = thread_pool
+        self._iterable = iterable
+        self.sampler, self.batch_sampler = self._make_samplers(
+            shuffle, sampler, batch_sampler, batch_size, mode
+        )
+        self.collate_fn = collate_fn or self._default_collate_fn()
+        self._spec = FetchSpec(
+            dataset=dataset,
+            mode=self._fetch_mode(collate_fn),
+            collate_fn=self.collate_fn,
+            worker_init_fn=worker_init_fn,
+            batch_size=batch_size,
+            drop_last=self.drop_last,
+        )
+        self._config = LoaderConfig(
+            num_workers=num_workers,
+            worker_kind=kind,
+            prefetch_factor=prefetch_factor or _DEFAULT_PREFETCH_FACTOR,
+            timeout_s=float(timeout),
+            in_order=in_order,
+            persistent_workers=persistent_workers,
+            mp_context=context,
+            pin_memory=pin_memory,
+            pin_memory_device=pin_memory_device,
+        )
+        self.multiprocessing_context = context if num_workers > 0 else None
+        self._pool: WorkerPool | None = None
+        self._iterator: Any = None
+
+    # -- construction -------------------------------------------------------------
+
+    def _keras_defaults(
+        self, batch_size: Any, num_workers: int, thread_pool: bool, prefetch_factor: Any
+    ) -> tuple[Any, int, bool, Any]:
+        """A batch dataset yields whole batches and brings its own worker options."""
+        if batch_size not in (None, 1):
+            raise ValueError(
+                f"{type(self.dataset).__qualname__} yields whole batches, so batch_size must be "
+                f"None, got batch_size={batch_size!r}; set the batch size inside the dataset"
+            )
+        options = batch_dataset_options(self.dataset)
+        self._num_batches = options.num_batches
+        if num_workers == 0 and (options.workers > 1 or options.use_multiprocessing):
+            num_workers = options.workers
+            thread_pool = not options.use_multiprocessing
+            if prefetch_factor is None:
+                prefetch_factor = max(1, options.max_queue_size // num_workers)
+        return None, num_workers, thread_pool, prefetch_factor
+
+    def _make_samplers(
+        self, shuffle: Any, sampler: Any, batch_sampler: Any, batch_size: Any, mode: str
+    ) -> tuple[Any, Any]:
+        if self._iterable:
+            return None, None
+        if batch_sampler is not None:
+            return None, batch_sampler
+        if sampler is None:
+            sampler = self._default_sampler(bool(shuffle))
+        if batch_size is None:
+            return sampler, None
+        return sampler, BatchSampler(sampler, batch_size, last_batch=mode)
+
+    def _default_sampler(self, shuffle: bool) -> Any:
+        if self._batch_dataset:
+            if self._num_batches is None:
+                if shuffle:
+                    raise ValueError("shuffle=True needs a finite batch dataset (num_batches=None)")
+                return _EndlessSampler()
+            size = self._num_batches
+            return RandomSampler(size, generator=self.generator) if shuffle else SequentialSampler(size)
+        if shuffle:
+            return RandomSampler(self.dataset, generator=self.generator)
+        return SequentialSampler(self.dataset)
+
+    def _default_collate_fn(self) -> Callable[[Any], Any]:
+        if self._batch_dataset:
+            return _identity
+        return default_convert if self.batch_size is None else default_collate
+
+    def _fetch_mode(self, user_collate_fn: Any) -> FetchMode:
+        if self._iterable:
+            return FetchMode.ITERABLE_SINGLE if self.batch_size is None else FetchMode.ITERABLE
+        if self._batch_dataset:
+            return FetchMode.BATCH_DATASET
+        if self.batch_size is None and self.batch_sampler is None:
+            return FetchMode.SINGLE
+        if user_collate_fn is None and callable(getattr(self.dataset, "get_batch", None)):
+            return FetchMode.GET_BATCH
+        return FetchMode.SAMPLES
+
+    # -- iteration ------------------------------------------------------------------
+
+    @property
+    def _index_sampler(self) -> Any:
+        return self.batch_sampler if self.batch_sampler is not None else self.sampler
+
+    def __iter__(self) -> Iterator[Any]:
+        if self._config.persistent_workers and self._iterator is not None:
+            self._iterator.close()
+        if self._batch_dataset:
+            _call_hook(self.dataset, "on_epoch_begin")  # before workers start on the epoch
+        iterator = self._make_iterator()
+        pin_fn = make_pin_fn(self.pin_memory_device) if self.pin_memory else None
+        if pin_fn is not None:
+            iterator = PinMemoryIter(iterator, pin_fn, queue_depth=max(1, self._config.max_in_flight))
+        if self._batch_dataset:
+            iterator = _EpochHooks(iterator, self.dataset)
+        self._iterator = iterator
+        return iterator
+
+    def _make_iterator(self) -> Any:
+        reuse = self._pool is not None and not self._pool.closed and not self._pool.broken
+        if not (self._config.persistent_workers and reuse):
+            # torch draws the workers' base seed here, for every iterator.
+            base_seed = int(torch.empty((), dtype=torch.int64).random_(generator=self.generator).item())
+        if self.num_workers == 0:
+            return _SingleProcessIter(self._spec, self._index_sampler)
+        if self._config.persistent_workers:
+            if not reuse:
+                self._pool = WorkerPool(self._config, self._spec, base_seed)
+            pool, owns = self._pool, False
+        else:
+            pool, owns = WorkerPool(self._config, self._spec, base_seed), True
+        if self._iterable:
+            return StreamingIter(self._config, pool, owns_pool=owns)
+        return MultiWorkerIter(self._config, pool, iter(self._index_sampler), owns_pool=owns)
+
+    def __len__(self) -> int:
+        if self._iterable:
+            length = len(self.dataset)  # TypeError for unsized datasets, as in torch
+            if self.batch_size is None:
+                return length
+            full, rest = divmod(length, self.batch_size)
+            return full + (1 if rest and not self.drop_last else 0)
+        return len(self._index_sampler)
+
+    # -- lifetime -------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Stops the current epoch's iterator and every worker; idempotent."""
+        if self._iterator is not None:
+            self._iterator.close()
+            self._iterator = None
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
+
+    def __enter__(self) -> DataLoader[T_co]:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        pool = getattr(self, "_pool", None)
+        if pool is not None and not pool.closed:
+            warnings.warn(
+                "DataLoader with persistent_workers=True was never closed; call close() or use "
+                "it as a context manager",
+                ResourceWarning,
+                stacklevel=2,
+            )
+            self.close()
+
+    def __repr__(self) -> str:
+        return (
+            f"DataLoader(dataset={type(self.dataset).__qualname__}, batch_size={self.batch_size}, "
+            f"num_workers={self.num_workers}, last_batch={self.last_batch!r}, "
+            f"thread_pool={self.thread_pool}, persistent_workers={self.persistent_workers})"
+        )
+
+
+class _EndlessSampler:
+    """Indices 0, 1, 2, ... for a batch dataset with no end."""
+
+    def __iter__(self) -> Iterator[int]:
+        return _endless()
+
+    def __len__(self) -> int:
+        raise TypeError("an infinite batch dataset (num_batches=None) has no len()")
+
+
+class _SingleProcessIter:
+    """``num_workers=0``: every batch is made in the calling thread."""
+
+    def __init__(self, spec: FetchSpec, index_sampler: Any):
+        self._spec = spec
+        if spec.iterable:
+            self._source = iter(spec.dataset)
+            self._indices = None
+        else:
+            self._indices = iter(index_sampler)
+        self._done = False
+
+    def __iter__(self) -> Iterator[Any]:
+        return self
+
+    def __next__(self) -> Any:
+        if self._done:
+            raise StopIteration
+        try:
+            if self._indices is None:
+                return next_iterable_batch(self._spec, self._source)
+            return fetch_batch(self._spec, next(self._indices))
+        except StopIteration:
+            self._done = True
+            raise
+
+    def close(self) -> None:
+        self._done = True
+
+
+def _call_hook(dataset: Any, name: str) -> None:
+    hook = getattr(dataset, name, None)
+    if callable(hook):
+        hook()
+
+
+class _EpochHooks:
+    """Calls a batch dataset's ``on_epoch_end`` in the main process, once, after its last batch."""
+
+    def __init__(self, source: Any, dataset: Any):
+        self._source = source
+        self._dataset = dataset
+        self._ended = False
+
+    def __iter__(self) -> Iterator[Any]:
+        return self
+
+    def __next__(self) -> Any:
+        try:
+            return next(self._source)
+        except StopIteration:
+            if not self._ended:
+                self._ended = True
+                _call_hook(self._dataset, "on_epoch_end")
+            raise
+
+    def close(self) -> None:
+        self._source.close()
