@@ -34,6 +34,8 @@ import torch
 from . import _shm
 from ._config import FetchMode, FetchSpec
 from ._errors import _RemoteError
+from .collate import default_convert
+from .datasets import check_batch
 
 __all__ = [
     "Result",
@@ -195,12 +197,11 @@ def fetch_batch(spec: FetchSpec, indices: Any) -> Any:
             samples = getitems(indices) if getitems else [dataset[i] for i in indices]
             return spec.collate_fn(samples)
         case FetchMode.GET_BATCH:
-            return dataset.get_batch(indices)
+            # What default_collate would give, without building the samples first.
+            return default_convert(dataset.get_batch(indices))
         case FetchMode.SINGLE:
             return spec.collate_fn(dataset[indices])
         case FetchMode.BATCH_DATASET:
-            from .datasets import check_batch
-
             return spec.collate_fn(check_batch(dataset[indices], indices))
     raise RuntimeError(f"[INTERNAL ERROR] fetch_batch got mode {spec.mode}")
 

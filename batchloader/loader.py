@@ -42,6 +42,15 @@ def _identity(batch: Any) -> Any:
     return batch
 
 
+def _has_numeric_get_batch(dataset: Any) -> bool:
+    """Whether ``dataset.get_batch`` can stand in for default_collate (no str/object arrays)."""
+    if not callable(getattr(dataset, "get_batch", None)):
+        return False
+    arrays = getattr(dataset, "arrays", ())
+    return all(getattr(getattr(a, "dtype", None), "hasobject", False) is False
+               and getattr(getattr(a, "dtype", None), "kind", "f") not in "OSU" for a in arrays)
+
+
 def _endless() -> Iterator[int]:
     """Batch indices of an infinite batch dataset: 0, 1, 2, ..."""
     return itertools.count()
@@ -217,7 +226,7 @@ class DataLoader(Generic[T_co]):
             return FetchMode.BATCH_DATASET
         if self.batch_size is None and self.batch_sampler is None:
             return FetchMode.SINGLE
-        if user_collate_fn is None and callable(getattr(self.dataset, "get_batch", None)):
+        if user_collate_fn is None and _has_numeric_get_batch(self.dataset):
             return FetchMode.GET_BATCH
         return FetchMode.SAMPLES
 

@@ -1,0 +1,81 @@
+"""batchloader: a drop-in ``torch.utils.data.DataLoader`` with Gluon and Keras extras."""
+
+from __future__ import annotations
+
+from ._errors import LoaderTimeoutError, WorkerDiedError, WorkerError
+from ._shm import ShmFullError
+from ._worker import get_worker_info
+from .collate import (
+    Dict,
+    List,
+    Pad,
+    Stack,
+    Tuple,
+    default_collate,
+    default_convert,
+    numpy_collate,
+)
+from .datasets import (
+    ArrayDataset,
+    BatchDataset,
+    Dataset,
+    GeneratorDataset,
+    IterableDataset,
+    PyDataset,
+    Sequence,
+    TensorDataset,
+    threadsafe,
+)
+from .loader import DataLoader
+from .pin_memory import DevicePrefetcher, pin_batch, to_device
+from .samplers import (
+    BatchSampler,
+    DistributedSampler,
+    FilterSampler,
+    IntervalSampler,
+    RandomSampler,
+    Sampler,
+    SequentialSampler,
+    SubsetRandomSampler,
+    WeightedRandomSampler,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ArrayDataset",
+    "BatchDataset",
+    "BatchSampler",
+    "DataLoader",
+    "Dataset",
+    "DevicePrefetcher",
+    "Dict",
+    "DistributedSampler",
+    "FilterSampler",
+    "GeneratorDataset",
+    "IntervalSampler",
+    "IterableDataset",
+    "List",
+    "LoaderTimeoutError",
+    "Pad",
+    "PyDataset",
+    "RandomSampler",
+    "Sampler",
+    "Sequence",
+    "SequentialSampler",
+    "ShmFullError",
+    "Stack",
+    "SubsetRandomSampler",
+    "TensorDataset",
+    "Tuple",
+    "WeightedRandomSampler",
+    "WorkerDiedError",
+    "WorkerError",
+    "default_collate",
+    "default_convert",
+    "get_worker_info",
+    "numpy_collate",
+    "pin_batch",
+    "threadsafe",
+    "to_device",
+]

@@ -1,0 +1,656 @@
+"""The pin-memory stage: page-locks batches in a background thread, and moves them to a device.
+
+The stage sits in the main process between the loader's batch iterator and the
+user. It wraps *any* iterator of batches, so it composes with the
+single-process iterator, the multi-worker iterator and user iterators alike::
+
+    source ──► [pin-memory thread: next(source), pin_fn(batch)] ──► bounded queue ──► user
+
+Pinned (page-locked) host memory lets ``tensor.to("cuda", non_blocking=True)``
+copy asynchronously through DMA. Without an accelerator there is nothing to pin
+for: :func:`make_pin_fn` warns once per process and returns ``None``, and the
+loader passes batches through unchanged.
+
+:class:`DevicePrefetcher` is the step after pinning: it copies the next batch
+to the device on a side CUDA stream while the current one is in use.
+"""
+
+from __future__ import annotations
+
+import copy
+import enum
+import itertools
+import logging
+import queue
+import threading
+import warnings
+import weakref
+from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping, MutableSequence
+from collections.abc import Sequence as SequenceABC
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+__all__ = [
+    "DevicePrefetcher",
+    "_PinMemoryIter",
+    "_pin_memory_stage",
+    "make_pin_fn",
+    "pin_batch",
+    "pin_memory_supported",
+    "to_device",
+]
+
+logger = logging.getLogger(__name__)
+
+_POLL_INTERVAL_S = 0.1
+"""How long one queue get/put waits before re-checking the stop flag: bounds how late close() is noticed."""
+
+_JOIN_TIMEOUT_S = 0.25
+"""How long close() waits for the thread before closing the source; an idle thread exits within one poll."""
+
+_JOIN_AFTER_SOURCE_CLOSE_S = 2.0
+"""How long close() waits again once source.close() has had the chance to unblock a stuck next()."""
+
+_DEFAULT_QUEUE_DEPTH = 2
+"""Pinned batches buffered ahead of the user: page-locked memory is scarce, and two hide one copy."""
+
+_THREAD_NAME_PREFIX = "batchloader-pin-memory"
+"""Every pin-memory thread's name starts with this, so tests and users can find strays."""
+
+_DEVICE_AGNOSTIC_PIN_TORCH = (2, 5)
+"""From this torch on, Tensor.pin_memory() pins for the current accelerator and warns if given a device."""
+
+_thread_ids = itertools.count()
+
+_warned: set[str] = set()
+"""Keys of the once-per-process warnings already emitted (tests reset it)."""
+
+
+_PIN_TAKES_DEVICE = (
+    torch.__version__ < _DEVICE_AGNOSTIC_PIN_TORCH
+)  # a TorchVersion compares to tuples
+
+
+# ---------------------------------------------------------------- walking batches
+
+
+def _map_batch(data: Any, leaf: Callable[[Any], Any], is_leaf: Callable[[Any], bool]) -> Any:
+    """Rebuild ``data`` with ``leaf`` applied to every element ``is_leaf`` claims.
+
+    Containers keep their type where it can be rebuilt: a mutable mapping or
+    sequence is shallow-copied and updated (keeping extra state such as a
+    ``defaultdict``'s factory), other types are called with the new contents,
+    and a type that refuses falls back to ``dict`` / ``tuple`` / ``list``.
+    Strings, bytes and unknown objects are returned as they are.
+    """
+
+    def walk(item: Any) -> Any:
+        return _map_batch(item, leaf, is_leaf)
+
+    if is_leaf(data):
+        return leaf(data)
+    if isinstance(data, (str, bytes, bytearray)):
+        return data
+    if isinstance(data, Mapping):
+        return _rebuild_mapping(data, {key: walk(value) for key, value in data.items()})
+    if isinstance(data, tuple):
+        values = [walk(item) for item in data]
+        if hasattr(data, "_fields"):  # a namedtuple takes its fields positionally
+            return type(data)(*values)
+        return _rebuild(data, values, tuple)
+    if isinstance(data, SequenceABC):
+        return _rebuild(data, [walk(item) for item in data], list)
+    return data
+
+
+def _rebuild_mapping(data: Mapping, items: dict) -> Any:
+    try:
+        if isinstance(data, MutableMapping):
+            clone = copy.copy(data)
+            clone.update(items)
+            return clone
+        return type(data)(items)
+    except TypeError:
+        return items
+
+
+def _rebuild(data: Any, values: list, fallback: type) -> Any:
+    try:
+        if isinstance(data, MutableSequence):
+            clone = copy.copy(data)
+            for i, value in enumerate(values):  # item by item: a deque takes no slice
+                clone[i] = value
+            return clone
+        return type(data)(values)
+    except TypeError:  # e.g. range, or a subclass whose __init__ takes other arguments
+        return fallback(values)
+
+
+def _has_method(obj: Any, name: str) -> bool:
+    try:
+        return callable(getattr(obj, name, None))
+    except Exception:  # a custom __getattr__ may raise anything; then it has no such method
+        return False
+
+
+# ---------------------------------------------------------------- pinning
+
+
+def pin_batch(batch: Any, device: str | None = None) -> Any:
+    """Return ``batch`` with every CPU tensor copied into pinned (page-locked) memory.
+
+    Walks tuples, namedtuples, lists, dicts and other mappings, keeping their
+    types. An object with a ``pin_memory()`` method (a custom batch type, as
+    torch's DataLoader supports) is replaced by what that method returns.
+    Tensors already on a device, strings and other leaves pass through.
+
+    Args:
+        batch: a tensor or a nested structure of them.
+        device: passed to ``Tensor.pin_memory`` only on torch < 2.5; newer torch
+            pins for the current accelerator and deprecates the argument.
+
+    Note:
+        Needs an accelerator: on a CPU-only build ``Tensor.pin_memory()``
+        raises. Use :func:`make_pin_fn` to get a pin function only where one exists.
+    """
+
+    def pin_one(item: Any) -> Any:
+        if not isinstance(item, torch.Tensor):
+            return item.pin_memory()
+        if item.device.type != "cpu":
+            return item
+        if _PIN_TAKES_DEVICE and device:
+            return item.pin_memory(device)
+        return item.pin_memory()
+
+    return _map_batch(batch, pin_one, lambda item: _has_method(item, "pin_memory"))
+
+
+def _current_accelerator() -> str | None:
+    """The current accelerator's device type (``'cuda'``, ``'xpu'``, ...), or None."""
+    accelerator = getattr(torch, "accelerator", None)
+    if accelerator is not None and hasattr(accelerator, "is_available"):
+        if not accelerator.is_available():
+            return None
+        current = accelerator.current_accelerator()
+        return None if current is None else current.type
+    return "cuda" if torch.cuda.is_available() else None
+
+
+def _current_device_index() -> int:
+    get_index = getattr(getattr(torch, "accelerator", None), "current_device_index", None)
+    return get_index() if get_index is not None else torch.cuda.current_device()
+
+
+def _set_device_index(index: int) -> None:
+    set_index = getattr(getattr(torch, "accelerator", None), "set_device_index", None)
+    (set_index or torch.cuda.set_device)(index)
+
+
+def pin_memory_supported(device: str = "") -> bool:
+    """Whether batches can be pinned here, optionally for ``device`` (e.g. ``'cuda'``).
+
+    False without an accelerator, and on MPS, where torch does not support pinning.
+    """
+    accelerator = _current_accelerator()
+    if accelerator is None or accelerator == "mps":
+        return False
+    return not device or torch.device(device).type == accelerator
+
+
+def _warn_once(key: str, message: str, stacklevel: int) -> None:
+    if key not in _warned:
+        _warned.add(key)
+        warnings.warn(message, UserWarning, stacklevel=stacklevel + 1)
+
+
+@dataclass(frozen=True, slots=True)
+class _Pinner:
+    """The pin function :func:`make_pin_fn` returns: pins for one device from any thread."""
+
+    device: str | None
+    device_index: int
+
+    def __call__(self, batch: Any) -> Any:
+        # The current device is per thread; pinned memory belongs to the device
+        # that was current where the loader's iterator was created.
+        _set_device_index(self.device_index)
+        return pin_batch(batch, self.device)
+
+
+def make_pin_fn(pin_memory_device: str = "", *, stacklevel: int = 2) -> Callable[[Any], Any] | None:
+    """The function the pin-memory thread applies to each batch, or None when nothing can be pinned.
+
+    Without an accelerator (or on MPS) this warns once per process, as torch's
+    DataLoader does, and returns None: the loader then passes batches through.
+
+    Args:
+        pin_memory_device: torch's ``pin_memory_device``. On torch >= 2.5 memory
+            is pinned for the current accelerator and a non-empty value is
+            ignored with a once-per-process warning, as torch does.
+        stacklevel: where the warnings point, counted from the caller of this function.
+    """
+    accelerator = _current_accelerator()
+    if accelerator is None:
+        _warn_once(
+            "no-accelerator",
+            "pin_memory=True but no accelerator is found (CUDA, XPU, ...), so device pinned "
+            "memory won't be used and batches are passed through unchanged; set "
+            "pin_memory=False to silence this warning.",
+            stacklevel,
+        )
+        return None
+    if accelerator == "mps":
+        _warn_once(
+            "mps",
+            "pin_memory=True is not supported on MPS, so device pinned memory won't be used "
+            "and batches are passed through unchanged; set pin_memory=False.",
+            stacklevel,
+        )
+        return None
+    if pin_memory_device and not _PIN_TAKES_DEVICE:
+        _warn_once(
+            "device-ignored",
+            f"pin_memory_device={pin_memory_device!r} is ignored: torch>={_DEVICE_AGNOSTIC_PIN_TORCH[0]}."
+            f"{_DEVICE_AGNOSTIC_PIN_TORCH[1]} pins memory for the current accelerator "
+            f"({accelerator!r}); leave pin_memory_device empty.",
+            stacklevel,
+        )
+    return _Pinner(device=pin_memory_device or None, device_index=_current_device_index())
+
+
+# ---------------------------------------------------------------- the pin-memory thread
+
+
+class _MsgKind(enum.Enum):
+    """What a message from the pin-memory thread carries."""
+
+    BATCH = enum.auto()  # value: the pinned batch
+    ERROR = enum.auto()  # value: the exception raised by the source or the pin function
+    END = enum.auto()  # the source raised StopIteration; value unused
+
+
+@dataclass(frozen=True, slots=True)
+class _Msg:
+    """One message from the pin-memory thread to the consumer; the thread's last is END or ERROR."""
+
+    kind: _MsgKind
+    value: Any = None
+
+
+class _State(enum.Enum):
+    """The consumer side's state; see :class:`_PinMemoryIter`."""
+
+    RUNNING = enum.auto()
+    EXHAUSTED = enum.auto()
+    FAILED = enum.auto()
+    CLOSED = enum.auto()
+
+
+def _put(out: queue.Queue[_Msg], msg: _Msg, stop: threading.Event) -> bool:
+    """Put ``msg``, polling so a stop is noticed; False if stopped before it fitted."""
+    while not stop.is_set():
+        try:
+            out.put(msg, timeout=_POLL_INTERVAL_S)
+            return True
+        except queue.Full:
+            continue
+    return False
+
+
+def _pin_fn_error(error: BaseException, index: int) -> BaseException:
+    """Name the batch on an error from pin_fn; a StopIteration must not end the epoch silently."""
+    if isinstance(error, StopIteration):  # as PEP 479 does for generators
+        wrapped = RuntimeError(f"the pin function raised StopIteration on batch {index}")
+        wrapped.__cause__ = error
+        return wrapped
+    error.add_note(f"(raised by the pin function on batch {index}, in the pin-memory thread)")
+    return error
+
+
+def _pin_loop(
+    source: Iterator[Any],
+    pin_fn: Callable[[Any], Any],
+    out: queue.Queue[_Msg],
+    stop: threading.Event,
+) -> None:
+    """The thread's body: next(source), pin, put, until END, ERROR or stop.
+
+    It holds no reference to the iterator object, so that object can be
+    garbage collected (and its finalizer stop this thread) while it runs.
+    """
+    for index in itertools.count():
+        if stop.is_set():
+            return
+        try:
+            batch = next(source)
+        except StopIteration:
+            _put(out, _Msg(_MsgKind.END), stop)
+            return
+        except BaseException as error:  # everything reaches the consumer, as in one thread
+            _put(out, _Msg(_MsgKind.ERROR, error), stop)
+            return
+        try:
+            msg = _Msg(_MsgKind.BATCH, pin_fn(batch))
+        except BaseException as error:
+            msg = _Msg(_MsgKind.ERROR, _pin_fn_error(error, index))
+        del batch
+        if not _put(out, msg, stop) or msg.kind is _MsgKind.ERROR:
+            return
+
+
+def _drain(out: queue.Queue[_Msg]) -> None:
+    """Drop every queued message, releasing the pinned batches they hold."""
+    while True:
+        try:
+            out.get_nowait()
+        except queue.Empty:
+            return
+
+
+def _stop_thread(thread: threading.Thread, stop: threading.Event, out: queue.Queue[_Msg]) -> bool:
+    """Set the stop flag, drain, join with a timeout; True if the thread is gone."""
+    stop.set()
+    _drain(out)  # unblocks a put() waiting on a full queue
+    thread.join(_JOIN_TIMEOUT_S)
+    _drain(out)
+    return not thread.is_alive()
+
+
+def _shutdown(
+    thread: threading.Thread, stop: threading.Event, out: queue.Queue[_Msg], source: Iterator[Any]
+) -> None:
+    """The ordered shutdown: stop our thread, then close the source (its worker pool)."""
+    if thread is threading.current_thread():
+        # The garbage collector ran the finalizer on the pin thread, perhaps in the
+        # middle of source code holding a lock that source.close() takes: finish
+        # from a fresh thread instead, which ends once this one has.
+        stop.set()
+        threading.Thread(
+            target=_shutdown,
+            args=(thread, stop, out, source),
+            name=f"{thread.name}-shutdown",
+            daemon=True,
+        ).start()
+        return
+    stopped = _stop_thread(thread, stop, out)
+    if not stopped:
+        logger.debug(
+            "%s is still inside the source after %.1fs; closing the source",
+            thread.name,
+            _JOIN_TIMEOUT_S,
+        )
+    close_source = getattr(source, "close", None)
+    try:
+        if callable(close_source):
+            close_source()
+    finally:
+        if not stopped:
+            thread.join(_JOIN_AFTER_SOURCE_CLOSE_S)
+            if thread.is_alive():
+                logger.warning(
+                    "%s did not exit %.1fs after source.close(): the source's __next__ ignores close(); "
+                    "the daemon thread is abandoned",
+                    thread.name,
+                    _JOIN_TIMEOUT_S + _JOIN_AFTER_SOURCE_CLOSE_S,
+                )
+
+
+class _PinMemoryIter(Iterator[Any]):
+    """Pins batches from ``source`` in one daemon thread, keeping order and a prefetch bound.
+
+    The thread pulls ``next(source)``, applies ``pin_fn`` and puts the result in
+    a ``queue.Queue(maxsize=queue_depth)``, so it is never more than
+    ``queue_depth + 1`` batches ahead of the user (the queue plus the one in
+    its hands). Errors raised by ``source`` or ``pin_fn`` are re-raised in the
+    user's thread as the same object (same type, message and traceback).
+    Every get and put is a ``_POLL_INTERVAL_S`` poll that checks a stop flag.
+
+    States (``__next__`` outside RUNNING raises StopIteration at once)::
+
+        RUNNING ──END──► EXHAUSTED ──┐      EXHAUSTED / FAILED: our thread is
+           │   └──ERROR─► FAILED ────┤      joined; the source is left open
+           └──close()/GC─────────────┴─► CLOSED: thread joined, source.close()
+
+    ``close()`` is idempotent and also runs when the iterator is garbage
+    collected (``weakref.finalize``): set the stop flag, drain the queue, join
+    the thread (``_JOIN_TIMEOUT_S``), then call ``source.close()`` if it has
+    one, which is what stops a blocked ``next(source)`` and the worker pool.
+    Unlike torch, an error ends the iteration (like a generator's).
+
+    Args:
+        source: any iterator (or iterable) of batches.
+        pin_fn: applied to each batch in the thread, e.g. from :func:`make_pin_fn`.
+        queue_depth: the queue's size, at least 1.
+    """
+
+    def __init__(
+        self, source: Iterable[Any], pin_fn: Callable[[Any], Any], *, queue_depth: int
+    ) -> None:
+        if not callable(pin_fn):
+            raise TypeError(f"pin_fn must be callable, got {type(pin_fn).__name__}: {pin_fn!r}")
+        if isinstance(queue_depth, bool) or not isinstance(queue_depth, int) or queue_depth < 1:
+            raise ValueError(f"queue_depth must be an int >= 1, got {queue_depth!r}")
+        self._source = iter(source)
+        self._queue_depth = queue_depth
+        self._queue: queue.Queue[_Msg] = queue.Queue(maxsize=queue_depth)
+        self._stop = threading.Event()
+        self._state = _State.RUNNING
+        self._thread = threading.Thread(
+            target=_pin_loop,
+            args=(self._source, pin_fn, self._queue, self._stop),
+            name=f"{_THREAD_NAME_PREFIX}-{next(_thread_ids)}",
+            daemon=True,
+        )
+        self._finalizer = weakref.finalize(
+            self, _shutdown, self._thread, self._stop, self._queue, self._source
+        )
+        self._thread.start()
+
+    def __iter__(self) -> _PinMemoryIter:
+        return self
+
+    def __next__(self) -> Any:
+        if self._state is not _State.RUNNING:
+            raise StopIteration
+        msg = self._get()
+        match msg.kind:
+            case _MsgKind.BATCH:
+                return msg.value
+            case _MsgKind.END:
+                self._finish(_State.EXHAUSTED)
+                raise StopIteration
+            case _MsgKind.ERROR:
+                error = msg.value
+                del msg
+                self._finish(_State.FAILED)
+                raise error
+            case _:
+                raise RuntimeError(f"[INTERNAL ERROR] batchloader: unknown message {msg!r}")
+
+    def _get(self) -> _Msg:
+        """Wait for the thread's next message, polling the stop flag and the thread's life."""
+        while True:
+            try:
+                return self._queue.get(timeout=_POLL_INTERVAL_S)
+            except queue.Empty:
+                pass
+            if self._stop.is_set():  # closed from another thread while we waited
+                raise StopIteration
+            if not self._thread.is_alive():
+                try:
+                    return self._queue.get_nowait()  # it may have put its last message and exited
+                except queue.Empty:
+                    raise RuntimeError(
+                        f"[INTERNAL ERROR] batchloader: {self._thread.name} exited without sending "
+                        "END or ERROR; please report this bug"
+                    ) from None
+
+    def _finish(self, state: _State) -> None:
+        """RUNNING -> EXHAUSTED or FAILED: the thread has sent its last message; join it."""
+        self._state = state
+        _stop_thread(self._thread, self._stop, self._queue)
+
+    def close(self) -> None:
+        """Stop the thread and close the source; safe to call more than once."""
+        self._state = _State.CLOSED
+        self._finalizer()
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(state={self._state.name}, queue_depth={self._queue_depth}, "
+            f"thread={self._thread.name!r})"
+        )
+
+
+def _pin_memory_stage(
+    source: Iterable[Any],
+    pin_memory_device: str = "",
+    *,
+    queue_depth: int = _DEFAULT_QUEUE_DEPTH,
+    stacklevel: int = 2,
+) -> Iterator[Any]:
+    """Wrap ``source`` in the pin-memory stage, or return ``iter(source)`` when nothing can be pinned."""
+    pin_fn = make_pin_fn(pin_memory_device, stacklevel=stacklevel + 1)
+    if pin_fn is None:
+        return iter(source)
+    return _PinMemoryIter(source, pin_fn, queue_depth=queue_depth)
+
+
+# ---------------------------------------------------------------- moving to a device
+
+
+def to_device(batch: Any, device: str | torch.device, non_blocking: bool = False) -> Any:
+    """Return ``batch`` with every tensor moved by ``tensor.to(device, non_blocking=...)``.
+
+    Walks the same structures as :func:`pin_batch`. A non-container object with
+    a ``to`` method (a custom batch type) is replaced by
+    ``obj.to(device, non_blocking=non_blocking)``; other leaves pass through.
+
+    Note:
+        ``non_blocking=True`` only overlaps host-to-device copies from pinned
+        memory; a device-to-host copy with it must be synchronized before use.
+    """
+
+    def is_leaf(item: Any) -> bool:
+        if isinstance(item, torch.Tensor):
+            return True
+        if isinstance(item, (str, bytes, bytearray, Mapping, SequenceABC)):
+            return False
+        return _has_method(item, "to")
+
+    return _map_batch(batch, lambda item: item.to(device, non_blocking=non_blocking), is_leaf)
+
+
+def _keep_one_ahead(
+    batches: Iterator[Any], start: Callable[[Any], Any], hand_over: Callable[[Any], Any]
+) -> Iterator[Any]:
+    """Yield ``hand_over(start(b))`` for each batch, starting the next one's copy first.
+
+    ``hand_over`` of batch k runs before ``start`` of batch k+1, so the
+    consumer waits for batch k's copy only, while k+1's copy overlaps its use.
+    """
+    ahead = [start(batch) for batch in itertools.islice(batches, 1)]
+    while ahead:
+        current = hand_over(ahead.pop())
+        ahead = [start(batch) for batch in itertools.islice(batches, 1)]
+        yield current
+
+
+class _CudaHandOff:
+    """Copies on a side stream; hands a batch over by making the consumer's stream wait for it."""
+
+    def __init__(self, device: torch.device, non_blocking: bool) -> None:
+        self._device = device
+        self._non_blocking = non_blocking
+        self._stream = torch.cuda.Stream(device=device)
+
+    def start(self, batch: Any) -> Any:
+        with torch.cuda.stream(self._stream):
+            return to_device(batch, self._device, non_blocking=self._non_blocking)
+
+    def hand_over(self, batch: Any) -> Any:
+        consumer = torch.cuda.current_stream(self._device)
+        consumer.wait_stream(self._stream)
+
+        def record(tensor: torch.Tensor) -> torch.Tensor:
+            # Memory allocated on the side stream must not be reused until the
+            # consumer's stream is done with it.
+            if tensor.device.type == "cuda":
+                tensor.record_stream(consumer)
+            return tensor
+
+        return _map_batch(batch, record, lambda item: isinstance(item, torch.Tensor))
+
+
+class DevicePrefetcher:
+    """Moves each batch of ``iterable`` to ``device``; on CUDA, one batch ahead on a side stream.
+
+    On CUDA the next batch's host-to-device copy runs on a side
+    ``torch.cuda.Stream`` while the current batch is in use; before a batch is
+    handed over the consumer's current stream waits for its copy
+    (``wait_stream``) and its tensors are marked used there (``record_stream``).
+    On other devices batches are moved as they come, and on ``'cpu'`` CPU
+    tensors pass through untouched.
+
+    Example::
+
+        loader = batchloader.DataLoader(ds, batch_size=64, num_workers=4, pin_memory=True)
+        for images, labels in DevicePrefetcher(loader, "cuda"):
+            loss = loss_fn(model(images), labels)  # the next batch is already copying
+
+    Args:
+        iterable: a loader or any iterable of batches (nested as :func:`pin_batch` walks).
+        device: the target device, e.g. ``'cuda'``, ``'cuda:1'`` or ``'cpu'``.
+        non_blocking: copy asynchronously; overlaps only from pinned memory, so
+            use it with ``pin_memory=True``. Ignored for ``device='cpu'``.
+
+    Note:
+        Iterating an abandoned prefetcher closes the source iterator (when it has
+        ``close()``) once the ``for`` loop's generator is closed or collected.
+    """
+
+    def __init__(
+        self, iterable: Iterable[Any], device: str | torch.device, *, non_blocking: bool = True
+    ) -> None:
+        try:
+            self.device = torch.device(device)
+        except (RuntimeError, TypeError) as error:
+            raise ValueError(
+                f"DevicePrefetcher: device={device!r} is not a torch device; use e.g. 'cpu', 'cuda' or 'cuda:1'"
+            ) from error
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(
+                f"DevicePrefetcher: device={device!r} but CUDA is not available here; use device='cpu'"
+            )
+        self.iterable = iterable
+        self.non_blocking = bool(non_blocking) and self.device.type != "cpu"
+
+    def __iter__(self) -> Iterator[Any]:
+        source = iter(self.iterable)
+        exhausted = False
+        try:
+            if self.device.type == "cuda":
+                hand_off = _CudaHandOff(self.device, self.non_blocking)
+                yield from _keep_one_ahead(source, hand_off.start, hand_off.hand_over)
+            else:
+                for batch in source:
+                    yield to_device(batch, self.device, non_blocking=self.non_blocking)
+            exhausted = True
+        finally:
+            close = getattr(source, "close", None)
+            if not exhausted and callable(close):
+                close()
+
+    def __len__(self) -> int:
+        try:
+            return len(self.iterable)  # type: ignore[arg-type]
+        except TypeError:
+            raise TypeError(
+                f"DevicePrefetcher has no len(): its iterable ({type(self.iterable).__name__}) has none"
+            ) from None
+
+    def __repr__(self) -> str:
+        return f"DevicePrefetcher({self.iterable!r}, device={str(self.device)!r}, non_blocking={self.non_blocking})"

@@ -1,0 +1,222 @@
+"""DataLoader behaviour: batching modes, lengths, epochs and data-source kinds."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+from batchloader import ArrayDataset, BatchDataset, DataLoader, threadsafe
+from tests.helpers import RangeDataset, ShardedIterable, batches_as_lists
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.mark.parametrize(
+    ("mode", "expected"),
+    [("keep", [[0, 1, 2], [3, 4, 5], [6]]), ("discard", [[0, 1, 2], [3, 4, 5]])],
+)
+def test_last_batch_keep_and_discard(mode, expected):
+    """'keep' yields the short tail, 'discard' drops it; len agrees."""
+    loader = DataLoader(RangeDataset(7), batch_size=3, last_batch=mode)
+    assert batches_as_lists(loader) == expected
+    assert len(loader) == len(expected)
+
+
+def test_last_batch_rollover_carries_the_tail_into_the_next_epoch():
+    """The 7th sample of epoch 1 opens epoch 2's first batch."""
+    loader = DataLoader(RangeDataset(7), batch_size=3, last_batch="rollover")
+    assert batches_as_lists(loader) == [[0, 1, 2], [3, 4, 5]]
+    assert len(loader) == 2  # 1 carried + 7 new = 8 -> 2 full batches
+    assert batches_as_lists(loader) == [[6, 0, 1], [2, 3, 4]]
+
+
+def test_rollover_with_workers_matches_single_process():
+    """Rollover works the same with a worker pool across epochs."""
+    single = DataLoader(RangeDataset(7), batch_size=3, last_batch="rollover")
+    multi = DataLoader(RangeDataset(7), batch_size=3, last_batch="rollover", num_workers=2)
+    for _ in range(3):
+        assert batches_as_lists(multi) == batches_as_lists(single)
+
+
+def test_drop_last_is_discard():
+    """torch's drop_last=True drops the incomplete batch."""
+    loader = DataLoader(RangeDataset(7), batch_size=3, drop_last=True)
+    assert loader.last_batch == "discard"
+    assert len(list(loader)) == 2
+
+
+def test_each_epoch_reshuffles():
+    """Iterating twice gives two different permutations of the same data."""
+    loader = DataLoader(RangeDataset(50), batch_size=50, shuffle=True, generator=torch.Generator().manual_seed(1))
+    first, second = (next(iter(loader)).tolist() for _ in range(2))
+    assert first != second and sorted(first) == sorted(second) == list(range(50))
+
+
+def test_batch_size_none_converts_each_sample():
+    """batch_size=None applies default_convert: NumPy samples become tensors."""
+    loader = DataLoader([np.arange(3), np.arange(3) + 1], batch_size=None)
+    out = list(loader)
+    assert all(isinstance(x, torch.Tensor) for x in out)
+    assert len(loader) == 2
+
+
+def test_dataset_getitems_fetches_whole_index_lists():
+    """A dataset's __getitems__ is called once per batch instead of __getitem__."""
+    calls = []
+
+    class Batched(RangeDataset):
+        def __getitems__(self, indices):
+            calls.append(list(indices))
+            return list(indices)
+
+    assert batches_as_lists(DataLoader(Batched(5), batch_size=2)) == [[0, 1], [2, 3], [4]]
+    assert calls == [[0, 1], [2, 3], [4]]
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_array_dataset_fast_path_equals_per_sample_collation(num_workers):
+    """ArrayDataset batches gathered with one take equal per-sample collation."""
+    x = np.arange(60, dtype=np.float32).reshape(20, 3)
+    y = np.arange(20)
+    fast = DataLoader(ArrayDataset(x, y), batch_size=6, num_workers=num_workers)
+    slow = DataLoader(list(zip(x, y, strict=True)), batch_size=6)
+    assert batches_as_lists(fast) == batches_as_lists(slow)
+
+
+def test_iterable_dataset_batches_and_drop_last():
+    """An iterable dataset is batched in order; drop_last drops the short tail."""
+    assert batches_as_lists(DataLoader(ShardedIterable(7), batch_size=3)) == [[0, 1, 2], [3, 4, 5], [6]]
+    assert len(DataLoader(ShardedIterable(7), batch_size=3, drop_last=True)) == 2
+    assert batches_as_lists(DataLoader(ShardedIterable(7), batch_size=3, drop_last=True)) == [[0, 1, 2], [3, 4, 5]]
+
+
+def test_iterable_dataset_ignoring_worker_info_repeats_its_data():
+    """The documented pitfall: without sharding, each worker yields every sample."""
+
+    class Unsharded(torch.utils.data.IterableDataset):
+        def __iter__(self):
+            return iter(range(5))
+
+    seen = sorted(i for b in DataLoader(Unsharded(), batch_size=None, num_workers=2) for i in [int(b)])
+    assert seen == sorted(list(range(5)) * 2)
+
+
+@pytest.mark.parametrize("num_workers", [0, 4])
+def test_generator_source_yields_each_item_once_with_threads(num_workers):
+    """A plain generator is consumed under a lock: every item exactly once."""
+    loader = DataLoader((i for i in range(1000)), batch_size=7, num_workers=num_workers, thread_pool=True)
+    seen = sorted(i for batch in loader for i in batch.tolist())
+    assert seen == list(range(1000))
+
+
+def test_generator_source_with_process_workers_is_refused():
+    """Process workers would each copy the generator: a TypeError explains why."""
+    with pytest.raises(TypeError, match="IterableDataset"):
+        DataLoader((i for i in range(10)), batch_size=2, num_workers=2)
+
+
+def test_threadsafe_wrapper_is_accepted_as_a_source():
+    """A threadsafe-wrapped iterator works like a generator source."""
+    loader = DataLoader(threadsafe(iter(range(9))), batch_size=3, num_workers=2, thread_pool=True)
+    assert sorted(i for b in loader for i in b.tolist()) == list(range(9))
+
+
+class Squares(BatchDataset):
+    """Batch i is (x, y) with x = [i, i, i] and y = x**2; records its epoch hooks."""
+
+    def __init__(self, n=5, **kwargs):
+        super().__init__(**kwargs)
+        self.n = n
+        self.events = []
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        if i >= self.n:
+            raise IndexError(i)
+        x = np.full(3, i)
+        return x, x**2
+
+    def on_epoch_begin(self):
+        self.events.append("begin")
+
+    def on_epoch_end(self):
+        self.events.append("end")
+
+
+@pytest.mark.parametrize(
+    ("num_workers", "thread_pool"), [(0, False), (2, True), (2, False)], ids=["main", "threads", "processes"]
+)
+def test_batch_dataset_yields_every_batch_in_order(num_workers, thread_pool):
+    """A Keras-style batch dataset is iterated batch by batch, uncollated."""
+    ds = Squares()
+    loader = DataLoader(ds, batch_size=None, num_workers=num_workers, thread_pool=thread_pool)
+    out = list(loader)
+    assert [int(x[0]) for x, _ in out] == [0, 1, 2, 3, 4]
+    assert len(loader) == 5
+
+
+@pytest.mark.parametrize("thread_pool", [False, True], ids=["processes", "threads"])
+def test_batch_dataset_epoch_hooks_run_once_per_epoch_in_the_main_process(thread_pool):
+    """on_epoch_begin before and on_epoch_end after each epoch, in this process."""
+    ds = Squares()
+    loader = DataLoader(ds, num_workers=2, thread_pool=thread_pool)
+    for _ in range(2):
+        for _batch in loader:
+            assert ds.events[-1] == "begin"
+    assert ds.events == ["begin", "end", "begin", "end"]
+
+
+def test_batch_dataset_worker_options_choose_the_pool():
+    """workers/use_multiprocessing/max_queue_size configure the pool when num_workers=0."""
+    loader = DataLoader(Squares(workers=3, use_multiprocessing=False, max_queue_size=6))
+    assert loader.num_workers == 3 and loader.thread_pool is True and loader.prefetch_factor == 2
+    assert len(list(loader)) == 5
+
+
+def test_batch_dataset_shuffle_visits_each_batch_once():
+    """shuffle=True permutes batch indices per epoch."""
+    loader = DataLoader(Squares(20), shuffle=True, generator=torch.Generator().manual_seed(0))
+    order = [int(x[0]) for x, _ in loader]
+    assert sorted(order) == list(range(20)) and order != list(range(20))
+
+
+class Endless(BatchDataset):
+    @property
+    def num_batches(self):
+        return None
+
+    def __getitem__(self, i):
+        return (np.array([i]),)
+
+
+def test_infinite_batch_dataset_streams_until_stopped():
+    """num_batches=None streams batches 0, 1, 2, ... until the user stops."""
+    loader = DataLoader(Endless(), num_workers=2, thread_pool=True)
+    iterator = iter(loader)
+    got = [int(b[0][0]) for b in itertools.islice(iterator, 50)]
+    iterator.close()
+    assert got == list(range(50))
+    with pytest.raises(TypeError):
+        len(loader)
+
+
+def test_batch_dataset_returning_a_string_is_a_clear_error():
+    """__getitem__ must return a tuple, dict or array; a str is named in the error."""
+
+    class Bad(Squares):
+        def __getitem__(self, i):
+            return "oops"
+
+    with pytest.raises((TypeError, ValueError), match="str"):
+        list(DataLoader(Bad()))
+
+
+def test_batch_dataset_rejects_a_batch_size():
+    """A dataset that yields whole batches takes no batch_size."""
+    with pytest.raises(ValueError, match="batch_size must be None"):
+        DataLoader(Squares(), batch_size=8)
