@@ -97,9 +97,8 @@ class _BaseIter:
                 f"while loading batch {result.batch_id}{where}."
             )
         self.batches_yielded += 1
-        if self._pool.prefix is None:
-            return result.payload
-        return _shm.unpack(result.payload)
+        receiver = self._pool.receiver
+        return result.payload if receiver is None else receiver.unpack(result.payload)
 
     def _check(self) -> None:
         """Called on every idle poll: are the workers alive, has time run out?"""
@@ -150,8 +149,8 @@ class _Inbox:
     pool's own result thread. Once closed, late results are released at once.
     """
 
-    def __init__(self, shm_prefix: str | None):
-        self._shm = shm_prefix is not None
+    def __init__(self, receiver: _shm.Receiver | None):
+        self._receiver = receiver
         self._lock = threading.Lock()
         self._open = True
         self._queue: queue.SimpleQueue[Result] = queue.SimpleQueue()
@@ -161,8 +160,8 @@ class _Inbox:
             if self._open:
                 self._queue.put(result)
                 return
-        if self._shm and result.status is Status.OK:
-            _shm.release(result.payload)
+        if self._receiver is not None and result.status is Status.OK:
+            self._receiver.release(result.payload)
 
     def put_error(self, batch_id: int, exc: BaseException) -> None:
         """The pool could not deliver a result (for example, it failed to pickle)."""
@@ -197,7 +196,7 @@ class MultiWorkerIter(_BaseIter):
         super().__init__(config, pool, owns_pool=owns_pool)
         self._batches = batches
         self._batches_done = False
-        self._inbox = _Inbox(pool.prefix)
+        self._inbox = _Inbox(pool.receiver)
         self._in_flight: dict[int, Any] = {}  # batch id -> indices: sent, not yet back
         self._reorder: dict[int, tuple[Result, Any]] = {}  # back, not yet handed out
         self._next_id = 0

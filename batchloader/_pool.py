@@ -105,6 +105,8 @@ class WorkerPool:
             check_picklable(spec, method)
         n = config.num_workers
         self.prefix: str | None = _shm.new_prefix()
+        leases = _shm.new_leases(ctx, n)
+        self.receiver: _shm.Receiver | None = _shm.Receiver(leases)
         iterable = spec.iterable
         self.setup = _worker.WorkerSetup(
             spec=spec,
@@ -112,6 +114,7 @@ class WorkerPool:
             base_seed=base_seed,
             shm_prefix=self.prefix,
             id_source=ctx.Value("i", 0),
+            leases=leases,
             streams=[ctx.Queue(config.prefetch_factor) for _ in range(n)] if iterable else None,
             barrier=ctx.Barrier(n) if iterable else None,
             stop=ctx.Event() if iterable else None,
@@ -121,6 +124,7 @@ class WorkerPool:
     def _start_threads(self, config: LoaderConfig, spec: FetchSpec, base_seed: int) -> None:
         n = config.num_workers
         self.prefix = None
+        self.receiver = None
         iterable = spec.iterable
         self.setup = _worker.WorkerSetup(
             spec=spec,
@@ -182,8 +186,8 @@ class WorkerPool:
 
     def release(self, result: _worker.Result) -> None:
         """Frees the shared memory of a result that will not be handed out."""
-        if self.prefix is not None and result.status is _worker.Status.OK:
-            _shm.release(result.payload)
+        if self.receiver is not None and result.status is _worker.Status.OK:
+            self.receiver.release(result.payload)
 
     def check_alive(self) -> None:
         """Raises :class:`WorkerDiedError` if any worker has exited."""

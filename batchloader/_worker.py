@@ -95,6 +95,7 @@ class WorkerSetup:
     shm_prefix: str | None  # None: results are not moved to shared memory (threads)
     id_source: Any  # a multiprocessing Value for processes, an itertools.count for threads
     streams: list[Any] | None = None  # per-worker result queues (iterable datasets)
+    leases: Any = None  # shared lease bytes of the workers' reusable segments
     barrier: Any = None  # lets each stream task land on a distinct worker
     stop: Any = None  # an Event: stop streaming (early end of an epoch)
 
@@ -179,7 +180,7 @@ def init_process_worker(setup: WorkerSetup) -> None:
         worker_id = setup.id_source.value
         setup.id_source.value += 1
     if setup.shm_prefix is not None:
-        _shm.enable_worker_allocation(setup.shm_prefix)
+        _shm.enable_worker_allocation(setup.shm_prefix, setup.leases, worker_id)
     _start(setup, worker_id, is_process=True)
 
 
@@ -229,6 +230,7 @@ def run_task(task: Task) -> Result:
         batch = fetch_batch(state.setup.spec, task.indices)
         return Result(task.batch_id, state.worker_id, Status.OK, _outgoing(state, batch))
     except Exception as e:
+        _shm.abandon()
         return Result(task.batch_id, state.worker_id, Status.ERROR, _RemoteError.capture(e))
 
 
@@ -242,7 +244,7 @@ def _put(state: _WorkerState, result: Result) -> bool:
         except queue.Full:
             continue
     if result.status is Status.OK and state.setup.shm_prefix is not None:
-        _shm.release(result.payload)
+        _shm.release(result.payload, state.setup.leases)
     return False
 
 
@@ -274,6 +276,7 @@ def stream_shard(epoch: int) -> None:
             _put(state, Result(n, wid, Status.EXHAUSTED, None, epoch))
             return
         except Exception as e:
+            _shm.abandon()
             _put(state, Result(n, wid, Status.ERROR, _RemoteError.capture(e), epoch))
             return
         if not _put(state, Result(n, wid, Status.OK, _outgoing(state, batch), epoch)):

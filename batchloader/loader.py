@@ -36,6 +36,7 @@ from .samplers import BatchSampler, RandomSampler, SequentialSampler
 __all__ = ["DataLoader"]
 
 _DEFAULT_PREFETCH_FACTOR = 2
+_PIN_QUEUE_DEPTH = 2
 
 
 def _identity(batch: Any) -> Any:
@@ -242,9 +243,10 @@ class DataLoader(Generic[T_co]):
         if self._batch_dataset:
             _call_hook(self.dataset, "on_epoch_begin")  # before workers start on the epoch
         iterator = self._make_iterator()
-        pin_fn = make_pin_fn(self.pin_memory_device) if self.pin_memory else None
+        pin_fn = make_pin_fn(self.pin_memory_device, stacklevel=3) if self.pin_memory else None
         if pin_fn is not None:
-            iterator = PinMemoryIter(iterator, pin_fn, queue_depth=max(1, self._config.max_in_flight))
+            # The workers already keep max_in_flight batches ready; two pinned ones suffice.
+            iterator = PinMemoryIter(iterator, pin_fn, queue_depth=_PIN_QUEUE_DEPTH)
         if self._batch_dataset:
             iterator = _EpochHooks(iterator, self.dataset)
         self._iterator = iterator

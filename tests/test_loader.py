@@ -220,3 +220,40 @@ def test_batch_dataset_rejects_a_batch_size():
     """A dataset that yields whole batches takes no batch_size."""
     with pytest.raises(ValueError, match="batch_size must be None"):
         DataLoader(Squares(), batch_size=8)
+
+
+def test_pin_memory_without_an_accelerator_warns_and_passes_batches_through():
+    """pin_memory=True on a CPU-only machine warns once and yields the same batches."""
+    from batchloader import pin_memory as pm
+
+    pm._warned.clear()
+    with pytest.warns(UserWarning, match="no accelerator"):
+        loader = DataLoader(RangeDataset(6), batch_size=2, pin_memory=True, num_workers=2)
+        got = batches_as_lists(loader)
+    assert got == [[0, 1], [2, 3], [4, 5]]
+
+
+def test_pin_memory_stage_pins_every_batch_in_order(monkeypatch):
+    """With a (fake) accelerator, every batch passes the pin thread, in order."""
+    from batchloader import loader as loader_module
+
+    pinned = []
+
+    def fake_pin(batch):
+        pinned.append(batch.tolist())
+        return batch
+
+    monkeypatch.setattr(loader_module, "make_pin_fn", lambda *a, **k: fake_pin)
+    loader = DataLoader(RangeDataset(9), batch_size=2, pin_memory=True, num_workers=2)
+    assert batches_as_lists(loader) == pinned == [[0, 1], [2, 3], [4, 5], [6, 7], [8]]
+
+
+def test_worker_error_passes_through_the_pin_stage(monkeypatch):
+    """A worker's exception reaches the user through the pin thread, same type."""
+    from batchloader import loader as loader_module
+    from tests.helpers import FailingDataset
+
+    monkeypatch.setattr(loader_module, "make_pin_fn", lambda *a, **k: lambda b: b)
+    loader = DataLoader(FailingDataset(9, bad=4), batch_size=2, pin_memory=True, num_workers=2)
+    with pytest.raises(KeyError, match="sample 4 is corrupt"):
+        list(loader)

@@ -352,12 +352,15 @@ def test_finalizer_on_the_pin_thread_closes_the_source_from_another_thread() -> 
     source = InfiniteSource()
     source.close = lambda: closed_on.append(threading.current_thread())  # type: ignore[method-assign]
     holder: list[_PinMemoryIter] = []
+    constructed = threading.Event()
 
     def pin_and_finalize(batch: int) -> int:
+        assert constructed.wait(timeout=2)
         holder[0]._finalizer()  # what a GC pass on this thread would run
         return batch
 
     holder.append(_PinMemoryIter(source, pin_and_finalize, queue_depth=1))
+    constructed.set()
     assert wait_until(lambda: len(closed_on) == 1 and not pin_threads())
     assert closed_on[0].name.endswith("-shutdown")
 

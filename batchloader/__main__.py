@@ -1,0 +1,128 @@
+"""``python -m batchloader``: a short demo, and the benchmark against torch's DataLoader.
+
+Examples::
+
+    python -m batchloader                      # the demo (same as `demo`)
+    python -m batchloader bench --quick        # about a minute
+    python -m batchloader bench                # the full suite
+    python -m batchloader bench --workloads big --repeats 3 --json big.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+__all__ = ["main"]
+
+_DEMO_SAMPLES = 4_800
+_DEMO_BATCH = 32
+_QUICK_REPEATS = 1
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from batchloader import DataLoader
+    from batchloader._bench.workloads import CpuDataset
+
+    dataset = CpuDataset(args.samples)
+    print(f"Loading {len(dataset):,} synthetic samples (~0.5 ms of NumPy each), batch {_DEMO_BATCH}")
+    for workers in (0, 2):
+        context = "fork" if workers else None
+        with DataLoader(
+            dataset, batch_size=_DEMO_BATCH, num_workers=workers, multiprocessing_context=context
+        ) as loader:
+            start = time.perf_counter()
+            for _ in tqdm(loader, desc=f"num_workers={workers}", unit="batch", leave=False):
+                pass
+            elapsed = time.perf_counter() - start
+        print(f"num_workers={workers}: {len(loader) / elapsed:,.1f} batches/s ({elapsed:.1f} s)")
+    print("Next: python -m batchloader bench --quick   (our loader against torch's)")
+    return 0
+
+
+def _csv(kind: type, text: str) -> tuple:
+    try:
+        return tuple(kind(part) for part in text.split(",") if part)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"expected a comma-separated list; got {text!r}") from e
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from batchloader._bench import report, runner, workloads
+
+    size = "smoke" if args.smoke else "quick" if args.quick else "full"
+    repeats = args.repeats or (_QUICK_REPEATS if args.quick or args.smoke else 3)
+    try:
+        options = runner.BenchOptions(
+            workloads=args.workloads or tuple(workloads.WORKLOADS),
+            workers=args.workers,
+            repeats=repeats,
+            quick=args.quick or args.smoke,
+            size=size,
+            threads=args.threads,
+            cache_dir=args.cache_dir or workloads.default_cache_dir(),
+            exec_each=args.exec_each,
+            progress=not args.no_progress,
+        )
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    result = runner.run_bench(options)
+    print(report.format_report(result))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report.to_json(result), indent=1) + "\n")
+        print(f"\nwrote {args.json}")
+    if args.plot:
+        report.plot(result, args.plot)
+        print(f"wrote {args.plot}")
+    return 0 if result.ok else 1
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m batchloader",
+        description="A demo of batchloader, and a benchmark of it against torch.utils.data.DataLoader.",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="{demo,bench}")
+    demo = commands.add_parser("demo", help="load a synthetic dataset with 0 and 2 workers (default)")
+    demo.add_argument("--samples", type=int, default=_DEMO_SAMPLES, help="samples to load (default %(default)s)")
+    demo.set_defaults(run=_demo)
+
+    bench = commands.add_parser(
+        "bench",
+        help="measure our loader against torch's, alternating runs in fresh processes",
+        description="Runs each workload with our loader and torch's in alternating fresh processes "
+        "and prints medians, the ratio ours/torch, the plain-loop reference and the targets. "
+        "Exit status 1 means a loader delivered wrong data.",
+    )
+    bench.add_argument("--quick", action="store_true", help="smaller datasets, one round, only the cells the targets need (~1 min)")
+    bench.add_argument("--workloads", type=lambda s: _csv(str, s), help="comma-separated subset of: tiny,cpu,big,io,jpeg,pad (default: all)")
+    bench.add_argument("--repeats", type=int, help="rounds of alternating runs; medians over them (default 3, or 1 with --quick)")
+    bench.add_argument("--workers", type=lambda s: _csv(int, s), default=(2,), help="process worker counts to compare, comma-separated (default 2)")
+    bench.add_argument("--threads", type=int, default=8, help="thread workers in the io thread-pool cell (default 8)")
+    bench.add_argument("--json", metavar="PATH", help="write every run, the medians and targets as JSON")
+    bench.add_argument("--plot", metavar="PATH", help="draw one panel per workload (PNG, matplotlib)")
+    bench.add_argument("--cache-dir", type=Path, help="where generated JPEGs are kept (default ~/.cache/batchloader-bench)")
+    bench.add_argument("--exec-each", action="store_true", help="start a new interpreter per measurement instead of forking one that imported torch (slower, same results)")
+    bench.add_argument("--no-progress", action="store_true", help="no progress bar")
+    bench.add_argument("--smoke", action="store_true", help=argparse.SUPPRESS)  # tiny sizes, for tests
+    bench.set_defaults(run=_bench)
+    return parser  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs the command line; returns the exit status."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        args = parser.parse_args(["demo"])
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,16 @@
+"""The benchmark behind ``python -m batchloader bench``: our loader against torch's.
+
+Private: the command line and ``benchmarks/run.py`` are its interface.
+
+* :mod:`.workloads` holds the datasets, deterministic and picklable;
+* :mod:`.measure` makes one measurement in a fresh process and prints one JSON line;
+* :mod:`.runner` plans the runs, alternates the loaders, checks what they delivered
+  and takes medians;
+* :mod:`.report` prints the tables, writes the JSON and draws the plot.
+
+See ``docs/performance.md``.
+"""
+
+from __future__ import annotations
+
+__all__: list[str] = []

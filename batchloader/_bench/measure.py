@@ -1,0 +1,373 @@
+"""One measurement, made in a fresh process: one loader, one workload, one setting.
+
+Usage::
+
+    python -m batchloader._bench.measure '{"workload": "big", "loader": "ours", "num_workers": 2}'
+
+prints ``#pid <pid>``, ``#phase load`` when the measured epoch starts and
+``#phase end`` when it ends (the runner samples memory in between), then one
+JSON line with the result (``"ok": false`` and the traceback if it failed).
+``--serve`` reads one spec per line from stdin and measures each in a forked
+child (see :func:`serve`). The process sets nothing global: the runner
+chooses its environment.
+
+What one measurement does, in order:
+
+1. with workers, four short epochs (``latency_batches`` batches each), two with
+   ``persistent_workers=False`` and two with ``True``, timing ``iter()`` to the
+   first batch: the cold start, a second epoch, a second persistent epoch;
+2. one full epoch (``persistent_workers=False``, ``shuffle=False``), timing every
+   batch's arrival, the main process's CPU time, and checksumming each batch.
+
+The loader kinds: ``ours`` (``batchloader.DataLoader``), ``torch``
+(``torch.utils.data.DataLoader``) and ``plain``, the physical reference: the
+loop ``collate([ds[i] for i in batch])`` in one process, with torch's
+``default_collate`` unless the workload brings its own collate function.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import gc
+import json
+import os
+import sys
+import time
+import traceback
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import workloads
+
+__all__ = ["LOADERS", "Checksum", "Spec", "label_hash", "main", "measure"]
+
+# Elements probed per sample and array: enough to catch a wrong or stale sample,
+# few enough that the check costs the consumer microseconds, not a pass over the data.
+_PROBES = 4
+_HASH_MOD = (1 << 61) - 1
+# The first tenth of an epoch is warm-up: workers start and the prefetch window fills.
+_WARMUP_FRACTION = 0.1
+_MEMCPY_REPEATS = 8
+
+
+@dataclass(frozen=True, slots=True)
+class Spec:
+    """What to measure; the runner writes it as JSON on the command line."""
+
+    workload: str
+    loader: str  # "ours" | "torch" | "plain"
+    size: str = "full"  # a workloads.SIZES level
+    num_workers: int = 0
+    thread_pool: bool = False
+    batch_size: int | None = None  # None: the workload's
+    batched: bool = False  # read the workload's batched-fetch (ArrayDataset) form
+    latency: bool = True  # with workers, also time first batches (step 1 above)
+    memcpy: bool = False  # also measure memcpy bandwidth for one batch's bytes
+    cache_dir: str = ""
+
+    def __post_init__(self) -> None:
+        if self.loader not in LOADERS:
+            raise ValueError(f"loader must be one of {sorted(LOADERS)}; got {self.loader!r}")
+        if self.workload not in workloads.WORKLOADS:
+            raise ValueError(
+                f"workload must be one of {sorted(workloads.WORKLOADS)}; got {self.workload!r}"
+            )
+        if self.size not in workloads.SIZES:
+            raise ValueError(f"size must be one of {workloads.SIZES}; got {self.size!r}")
+
+    @property
+    def effective_batch_size(self) -> int:
+        return self.batch_size or workloads.WORKLOADS[self.workload].batch_size
+
+    @property
+    def samples(self) -> int:
+        return workloads.WORKLOADS[self.workload].size(self.size)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> Spec:
+        return cls(**json.loads(text))
+
+
+def label_hash(labels: Iterable[int], start: int = 0) -> int:
+    """The order-sensitive hash of labels delivered at positions ``start, start+1, ...``."""
+    total = 0
+    for position, label in enumerate(labels, start):
+        total = (total + (position + 1) * int(label)) % _HASH_MOD
+    return total
+
+
+def _leaves(obj: Any) -> Iterator[Any]:
+    if isinstance(obj, list | tuple):
+        for item in obj:
+            yield from _leaves(item)
+    else:
+        yield obj
+
+
+def _as_array(value: Any) -> np.ndarray:
+    """A NumPy view of a CPU tensor or array; ``Tensor.numpy()`` is the cheapest way there."""
+    if isinstance(value, np.ndarray):
+        return value
+    to_numpy = getattr(value, "numpy", None)
+    return to_numpy() if callable(to_numpy) else np.asarray(value)
+
+
+@functools.cache
+def _offsets(n: int) -> np.ndarray:
+    return np.arange(n, dtype=np.int64)
+
+
+@dataclass(slots=True)
+class Checksum:
+    """What a loader delivered: sample count, an order-sensitive label hash, probed data.
+
+    Every batch is ``(..., labels)`` with ``labels`` the sample indices. The
+    probe sums up to ``_PROBES`` evenly spaced elements of every sample of
+    every other array; ``cpu_s`` is the main thread's CPU time spent checking.
+    """
+
+    count: int = 0
+    labels: int = 0
+    probe: float = 0.0
+    cpu_s: float = 0.0
+    sizes: list[int] = field(default_factory=list)
+
+    def add(self, batch: Any) -> None:
+        start = time.thread_time()
+        labels = _as_array(batch[-1]).astype(np.int64, copy=False)
+        # sum((count + 1 + k) * label_k) without a per-batch arange
+        offsets = _offsets(len(labels))
+        step = (self.count + 1) * int(labels.sum()) + int(offsets @ labels)
+        self.labels = (self.labels + step) % _HASH_MOD
+        for leaf in _leaves(batch[:-1]):
+            rows = _as_array(leaf).reshape(len(labels), -1)
+            stride = max(1, (rows.shape[1] - 1) // (_PROBES - 1))
+            self.probe += float(rows[:, ::stride].sum(dtype=np.float64))
+        self.count += len(labels)
+        self.sizes.append(len(labels))
+        self.cpu_s += time.thread_time() - start
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"count": self.count, "labels": self.labels, "probe": self.probe}
+
+
+class PlainLoop:
+    """The physical reference: ``collate([ds[i] for i in batch])``, in this process."""
+
+    def __init__(self, dataset: Any, collate: Callable[[list[Any]], Any], batch_size: int, sampler: Any):
+        self.dataset, self.collate, self.batch_size = dataset, collate, batch_size
+        self.sampler = range(len(dataset)) if sampler is None else sampler
+
+    def __iter__(self) -> Iterator[Any]:
+        indices = list(self.sampler)
+        for start in range(0, len(indices), self.batch_size):
+            chunk = indices[start : start + self.batch_size]
+            yield self.collate([self.dataset[i] for i in chunk])
+
+
+def _ours(spec: Spec, dataset: Any, collate: Any, **kwargs: Any) -> Any:
+    import batchloader
+
+    return batchloader.DataLoader(dataset, collate_fn=collate, thread_pool=spec.thread_pool, **kwargs)
+
+
+def _torch(spec: Spec, dataset: Any, collate: Any, **kwargs: Any) -> Any:
+    import torch.utils.data
+
+    if spec.thread_pool:
+        raise ValueError("torch's DataLoader has no thread workers; thread_pool=True is ours only")
+    return torch.utils.data.DataLoader(dataset, collate_fn=collate, **kwargs)
+
+
+def _plain(spec: Spec, dataset: Any, collate: Any, **kwargs: Any) -> Any:
+    import torch.utils.data
+
+    return PlainLoop(dataset, collate or torch.utils.data.default_collate, kwargs["batch_size"], kwargs["sampler"])
+
+
+LOADERS: dict[str, Callable[..., Any]] = {"ours": _ours, "torch": _torch, "plain": _plain}
+
+
+def _make_loader(spec: Spec, dataset: Any, collate: Any, *, sampler: Any = None, persistent: bool = False) -> Any:
+    kwargs: dict[str, Any] = {"batch_size": spec.effective_batch_size, "sampler": sampler}
+    if spec.loader != "plain":
+        kwargs["num_workers"] = spec.num_workers
+    if spec.num_workers > 0:
+        kwargs["persistent_workers"] = persistent
+        if not spec.thread_pool:
+            kwargs["multiprocessing_context"] = "fork"
+    return LOADERS[spec.loader](spec, dataset, collate, **kwargs)
+
+
+def _close(loader: Any) -> None:
+    close = getattr(loader, "close", None)
+    if callable(close):
+        close()
+
+
+@dataclass(slots=True)
+class _Epoch:
+    """One epoch's timeline: ``iter()`` at 0, then each batch's arrival."""
+
+    first_s: float
+    arrivals: list[float]  # wall clock at each batch's arrival
+    cpu: list[float]  # process CPU time after each batch was checked
+    check_cpu: list[float]  # cumulative checking CPU at the same points
+    checksum: Checksum
+
+
+def _epoch(loader: Any) -> _Epoch:
+    checksum = Checksum()
+    arrivals: list[float] = []
+    cpu: list[float] = []
+    check_cpu: list[float] = []
+    start = time.perf_counter()
+    for batch in loader:
+        arrivals.append(time.perf_counter())
+        checksum.add(batch)
+        cpu.append(time.process_time())
+        check_cpu.append(checksum.cpu_s)
+        del batch  # let the loader reuse or free its buffer before the next one
+    first = (arrivals[0] - start) if arrivals else float("nan")
+    return _Epoch(first, [t - start for t in arrivals], cpu, check_cpu, checksum)
+
+
+def _steady_state(epoch: _Epoch) -> dict[str, float]:
+    """Samples/s and main-process CPU per batch after the warm-up batches."""
+    batches = len(epoch.arrivals)
+    if batches < 2:
+        return {"rate": float("nan"), "cpu_per_batch_s": float("nan")}
+    warm = min(batches - 1, max(1, int(batches * _WARMUP_FRACTION)))
+    samples = sum(epoch.checksum.sizes[warm:])
+    elapsed = epoch.arrivals[-1] - epoch.arrivals[warm - 1]
+    loader_cpu = (epoch.cpu[-1] - epoch.cpu[warm - 1]) - (epoch.check_cpu[-1] - epoch.check_cpu[warm - 1])
+    return {
+        "rate": samples / elapsed if elapsed > 0 else float("inf"),
+        "cpu_per_batch_s": loader_cpu / (batches - warm),
+    }
+
+
+def _first_batches(spec: Spec, dataset: Any, collate: Any) -> dict[str, float]:
+    """Time to first batch: cold, second epoch, second epoch with persistent workers."""
+    workload = workloads.WORKLOADS[spec.workload]
+    subset = range(min(len(dataset), workload.latency_batches * spec.effective_batch_size))
+    firsts: dict[bool, list[float]] = {}
+    for persistent in (False, True):
+        loader = _make_loader(spec, dataset, collate, sampler=subset, persistent=persistent)
+        firsts[persistent] = [_epoch(loader).first_s for _ in range(2)]
+        _close(loader)
+        del loader
+        gc.collect()
+    return {
+        "ttfb_cold_s": firsts[False][0],
+        "ttfb_epoch2_s": firsts[False][1],
+        "ttfb_persistent_cold_s": firsts[True][0],
+        "ttfb_persistent_epoch2_s": firsts[True][1],
+    }
+
+
+def _memcpy_bandwidth(nbytes: int) -> float:
+    """Bytes/s of one large copy: the floor under moving a batch between buffers."""
+    source = np.ones(nbytes // 4, dtype=np.float32)
+    dest = np.zeros_like(source)
+    np.copyto(dest, source)  # fault the pages in first
+    start = time.perf_counter()
+    for _ in range(_MEMCPY_REPEATS):
+        np.copyto(dest, source)
+    return nbytes * _MEMCPY_REPEATS / (time.perf_counter() - start)
+
+
+def _emit(line: str) -> None:
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+def _phase(name: str) -> None:
+    _emit(f"#phase {name}")
+
+
+def measure(spec: Spec) -> dict[str, Any]:
+    """Runs one measurement in this process; returns the result as a JSON-ready dict."""
+    cache_dir = Path(spec.cache_dir) if spec.cache_dir else workloads.default_cache_dir()
+    dataset = workloads.build_dataset(spec.workload, spec.samples, cache_dir, batched=spec.batched)
+    collate = workloads.build_collate(spec.workload)
+    result: dict[str, Any] = {"spec": dataclasses.asdict(spec)}
+    if spec.latency and spec.num_workers > 0 and spec.loader != "plain":
+        result.update(_first_batches(spec, dataset, collate))
+    loader = _make_loader(spec, dataset, collate)
+    _phase("load")
+    epoch = _epoch(loader)
+    _phase("end")
+    _close(loader)
+    result.update(_steady_state(epoch))
+    result.update(
+        ttfb_s=epoch.first_s,
+        epoch_s=epoch.arrivals[-1] if epoch.arrivals else float("nan"),
+        batches=len(epoch.arrivals),
+        check_cpu_s=epoch.checksum.cpu_s,
+        checksum=epoch.checksum.as_dict(),
+    )
+    if spec.memcpy:
+        sample_bytes = sum(np.asarray(leaf).nbytes for leaf in _leaves(dataset[0][:-1]))
+        result["memcpy_bytes_per_s"] = _memcpy_bandwidth(sample_bytes * spec.effective_batch_size)
+    return result
+
+
+def _run_one(text: str) -> int:
+    """Measures one JSON spec in this process, printing its pid, phases and result."""
+    _emit(f"#pid {os.getpid()}")
+    try:
+        result = {"ok": True, **measure(Spec.from_json(text))}
+    except Exception as e:
+        result = {"ok": False, "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
+    _emit(json.dumps(result))
+    return 0 if result["ok"] else 1
+
+
+def serve() -> int:
+    """Forks one fresh process per JSON spec read from stdin, one at a time.
+
+    Importing torch takes seconds; this process does it once, and each
+    measurement runs in a child forked before any loader, thread pool or
+    OpenMP region exists. After each child ends it prints ``#exit <code>``.
+    """
+    import torch  # noqa: F401  (imported once here, for every child)
+
+    import batchloader  # noqa: F401
+
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                code = _run_one(line)
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        _emit(f"#exit {os.waitstatus_to_exitcode(status)}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry: one JSON spec in, one JSON line out; or ``--serve``."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv == ["--serve"]:
+        return serve()
+    if len(argv) != 1:
+        sys.stderr.write("usage: python -m batchloader._bench.measure '<json spec>' | --serve\n")
+        return 2
+    return _run_one(argv[0])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
