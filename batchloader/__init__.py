@@ -26,6 +26,7 @@ from .datasets import (
     TensorDataset,
     threadsafe,
 )
+from .distributed import ShardedIterableDataset, ShardInfo, shard_info, split_by_rank_and_worker
 from .loader import DataLoader
 from .pin_memory import DevicePrefetcher, pin_batch, to_device
 from .samplers import (
@@ -63,6 +64,8 @@ __all__ = [
     "Sampler",
     "Sequence",
     "SequentialSampler",
+    "ShardInfo",
+    "ShardedIterableDataset",
     "ShmFullError",
     "Stack",
     "SubsetRandomSampler",
@@ -76,6 +79,8 @@ __all__ = [
     "get_worker_info",
     "numpy_collate",
     "pin_batch",
+    "shard_info",
+    "split_by_rank_and_worker",
     "threadsafe",
     "to_device",
 ]

@@ -30,7 +30,9 @@ def _demo(args: argparse.Namespace) -> int:
     from batchloader._bench.workloads import CpuDataset
 
     dataset = CpuDataset(args.samples)
-    print(f"Loading {len(dataset):,} synthetic samples (~0.5 ms of NumPy each), batch {_DEMO_BATCH}")
+    print(
+        f"Loading {len(dataset):,} synthetic samples (~0.5 ms of NumPy each), batch {_DEMO_BATCH}"
+    )
     for workers in (0, 2):
         context = "fork" if workers else None
         with DataLoader(
@@ -89,8 +91,12 @@ def _parser() -> argparse.ArgumentParser:
         description="A demo of batchloader, and a benchmark of it against torch.utils.data.DataLoader.",
     )
     commands = parser.add_subparsers(dest="command", metavar="{demo,bench}")
-    demo = commands.add_parser("demo", help="load a synthetic dataset with 0 and 2 workers (default)")
-    demo.add_argument("--samples", type=int, default=_DEMO_SAMPLES, help="samples to load (default %(default)s)")
+    demo = commands.add_parser(
+        "demo", help="load a synthetic dataset with 0 and 2 workers (default)"
+    )
+    demo.add_argument(
+        "--samples", type=int, default=_DEMO_SAMPLES, help="samples to load (default %(default)s)"
+    )
     demo.set_defaults(run=_demo)
 
     bench = commands.add_parser(
@@ -100,19 +106,54 @@ def _parser() -> argparse.ArgumentParser:
         "and prints medians, the ratio ours/torch, the plain-loop reference and the targets. "
         "Exit status 1 means a loader delivered wrong data.",
     )
-    bench.add_argument("--quick", action="store_true", help="smaller datasets, one round, only the cells the targets need (~1 min)")
-    bench.add_argument("--workloads", type=lambda s: _csv(str, s), help="comma-separated subset of: tiny,cpu,big,io,jpeg,pad (default: all)")
-    bench.add_argument("--repeats", type=int, help="rounds of alternating runs; medians over them (default 3, or 1 with --quick)")
-    bench.add_argument("--workers", type=lambda s: _csv(int, s), default=(2,), help="process worker counts to compare, comma-separated (default 2)")
-    bench.add_argument("--threads", type=int, default=8, help="thread workers in the io thread-pool cell (default 8)")
-    bench.add_argument("--json", metavar="PATH", help="write every run, the medians and targets as JSON")
-    bench.add_argument("--plot", metavar="PATH", help="draw one panel per workload (PNG, matplotlib)")
-    bench.add_argument("--cache-dir", type=Path, help="where generated JPEGs are kept (default ~/.cache/batchloader-bench)")
-    bench.add_argument("--exec-each", action="store_true", help="start a new interpreter per measurement instead of forking one that imported torch (slower, same results)")
+    bench.add_argument(
+        "--quick",
+        action="store_true",
+        help="smaller datasets, one round, only the cells the targets need (~1 min)",
+    )
+    bench.add_argument(
+        "--workloads",
+        type=lambda s: _csv(str, s),
+        help="comma-separated subset of: tiny,cpu,big,io,jpeg,pad (default: all)",
+    )
+    bench.add_argument(
+        "--repeats",
+        type=int,
+        help="rounds of alternating runs; medians over them (default 3, or 1 with --quick)",
+    )
+    bench.add_argument(
+        "--workers",
+        type=lambda s: _csv(int, s),
+        default=(2,),
+        help="process worker counts to compare, comma-separated (default 2)",
+    )
+    bench.add_argument(
+        "--threads",
+        type=int,
+        default=8,
+        help="thread workers in the io thread-pool cell (default 8)",
+    )
+    bench.add_argument(
+        "--json", metavar="PATH", help="write every run, the medians and targets as JSON"
+    )
+    bench.add_argument(
+        "--plot", metavar="PATH", help="draw one panel per workload (PNG, matplotlib)"
+    )
+    bench.add_argument(
+        "--cache-dir",
+        type=Path,
+        help="where generated JPEGs are kept (default ~/.cache/batchloader-bench)",
+    )
+    bench.add_argument(
+        "--exec-each",
+        action="store_true",
+        help="start a new interpreter per measurement instead of forking one that imported torch (slower, same results)",
+    )
     bench.add_argument("--no-progress", action="store_true", help="no progress bar")
-    bench.add_argument("--smoke", action="store_true", help=argparse.SUPPRESS)  # tiny sizes, for tests
+    # Hidden: the smallest sizes, so tests run end to end in seconds.
+    bench.add_argument("--smoke", action="store_true", help=argparse.SUPPRESS)
     bench.set_defaults(run=_bench)
-    return parser  # fmt: skip
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -90,14 +90,20 @@ def check_batching(
     if shuffle not in (None, True, False):
         raise TypeError(f"shuffle should be a bool or None, got shuffle={shuffle!r}")
     if iterable:
-        for name, value in (("shuffle", shuffle), ("sampler", sampler), ("batch_sampler", batch_sampler)):
+        for name, value in (
+            ("shuffle", shuffle),
+            ("sampler", sampler),
+            ("batch_sampler", batch_sampler),
+        ):
             if value not in (None, False):
                 raise ValueError(
                     f"DataLoader with IterableDataset: expected unspecified {name} option, "
                     f"but got {name}={value!r}; an iterable dataset chooses its own order"
                 )
         if last_batch == "rollover":
-            raise ValueError("last_batch='rollover' needs a map-style dataset, not an IterableDataset")
+            raise ValueError(
+                "last_batch='rollover' needs a map-style dataset, not an IterableDataset"
+            )
     if sampler is not None and shuffle:
         raise ValueError(
             f"sampler option is mutually exclusive with shuffle, got shuffle={shuffle!r} "

@@ -61,7 +61,7 @@ class _BaseIter:
         self._config = config
         self._pool = pool
         self._owns_pool = owns_pool
-        self._state = _State.RUNNING
+        self._state = _State.CLOSED  # until the subclass has started the epoch
         self._lock = threading.Lock()
         self._deadline: float | None = None
         self.batches_yielded = 0
@@ -84,6 +84,16 @@ class _BaseIter:
             self._leave(_State.EXHAUSTED)
             raise StopIteration
         return self._deliver(*result)
+
+    def _begin(self, start: Any) -> None:
+        """Enters RUNNING by calling ``start``; if it fails, closes an owned pool."""
+        try:
+            self._state = _State.RUNNING
+            start()
+        except BaseException:
+            self._state = _State.RUNNING
+            self._leave(_State.FAILED)
+            raise
 
     def _next_result(self) -> tuple[Result, Any] | None:
         raise NotImplementedError
@@ -201,7 +211,7 @@ class MultiWorkerIter(_BaseIter):
         self._reorder: dict[int, tuple[Result, Any]] = {}  # back, not yet handed out
         self._next_id = 0
         self._sent = 0
-        self._fill()
+        self._begin(self._fill)
 
     def _fill(self) -> None:
         while (
@@ -267,7 +277,11 @@ class StreamingIter(_BaseIter):
         super().__init__(config, pool, owns_pool=owns_pool)
         self._streams = pool.setup.streams
         self._active = deque(range(config.num_workers))
-        self._epoch = pool.start_streams()
+        self._epoch = -1
+        self._begin(self._start_streams)
+
+    def _start_streams(self) -> None:
+        self._epoch = self._pool.start_streams()
 
     def _next_result(self) -> tuple[Result, Any] | None:
         while self._active:

@@ -13,9 +13,9 @@ import itertools
 import logging
 import pickle
 import queue
-import time
 import signal
 import threading
+import time
 import weakref
 from collections.abc import Callable
 from multiprocessing.pool import TERMINATE, Pool, ThreadPool
@@ -148,7 +148,9 @@ class WorkerPool:
         on_error: Callable[[BaseException], None],
     ) -> None:
         """Sends one task; exactly one of the callbacks runs when it is done."""
-        self._pool.apply_async(_worker.run_task, (task,), callback=on_result, error_callback=on_error)
+        self._pool.apply_async(
+            _worker.run_task, (task,), callback=on_result, error_callback=on_error
+        )
 
     def start_streams(self) -> int:
         """Starts one stream task per worker for a new epoch; returns the epoch."""
@@ -210,7 +212,9 @@ class WorkerPool:
     def describe(self) -> str:
         """One line on each worker's state, for error messages."""
         if self.kind is WorkerKind.THREAD:
-            return ", ".join(f"{m.name}: {'alive' if m.is_alive() else 'dead'}" for m in self._members)
+            return ", ".join(
+                f"{m.name}: {'alive' if m.is_alive() else 'dead'}" for m in self._members
+            )
         return ", ".join(
             f"pid {m.pid}: {'alive' if m.exitcode is None else _exit_description(m.exitcode)}"
             for m in self._members

@@ -111,7 +111,8 @@ def split_by_rank_and_worker(
         world_size: the number of ranks.
         drop_last: drop the last ``len(iterable) % count`` items so that every
             shard yields the same number, and every rank the same number of
-            batches (an uneven count makes DDP wait forever). Needs ``len()``.
+            batches (with uneven counts, DDP waits for the rank that ran out
+            until the group times out). Needs ``len()``.
 
     Example::
 

@@ -48,8 +48,11 @@ def _has_numeric_get_batch(dataset: Any) -> bool:
     if not callable(getattr(dataset, "get_batch", None)):
         return False
     arrays = getattr(dataset, "arrays", ())
-    return all(getattr(getattr(a, "dtype", None), "hasobject", False) is False
-               and getattr(getattr(a, "dtype", None), "kind", "f") not in "OSU" for a in arrays)
+    return all(
+        getattr(getattr(a, "dtype", None), "hasobject", False) is False
+        and getattr(getattr(a, "dtype", None), "kind", "f") not in "OSU"
+        for a in arrays
+    )
 
 
 def _endless() -> Iterator[int]:
@@ -210,7 +213,11 @@ class DataLoader(Generic[T_co]):
                     raise ValueError("shuffle=True needs a finite batch dataset (num_batches=None)")
                 return _EndlessSampler()
             size = self._num_batches
-            return RandomSampler(size, generator=self.generator) if shuffle else SequentialSampler(size)
+            return (
+                RandomSampler(size, generator=self.generator)
+                if shuffle
+                else SequentialSampler(size)
+            )
         if shuffle:
             return RandomSampler(self.dataset, generator=self.generator)
         return SequentialSampler(self.dataset)
@@ -256,7 +263,9 @@ class DataLoader(Generic[T_co]):
         reuse = self._pool is not None and not self._pool.closed and not self._pool.broken
         if not (self._config.persistent_workers and reuse):
             # torch draws the workers' base seed here, for every iterator.
-            base_seed = int(torch.empty((), dtype=torch.int64).random_(generator=self.generator).item())
+            base_seed = int(
+                torch.empty((), dtype=torch.int64).random_(generator=self.generator).item()
+            )
         if self.num_workers == 0:
             return _SingleProcessIter(self._spec, self._index_sampler)
         if self._config.persistent_workers:

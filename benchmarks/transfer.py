@@ -88,7 +88,9 @@ def _run(which: str, case: str) -> dict:
         f"import sys, json; sys.path[:0] = [{root!r}, {here!r}]; import transfer; "
         f"print(json.dumps(transfer.measure({which!r}, {case!r})))"
     )
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 

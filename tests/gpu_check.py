@@ -39,7 +39,7 @@ MATMUL_SIZE = 4096
 
 def say(line: str = "") -> None:
     """Print one line of the report."""
-    print(line, flush=True)  # noqa: T201 - this script's output is its report
+    print(line, flush=True)
 
 
 def import_pin_memory() -> ModuleType:

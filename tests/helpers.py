@@ -161,7 +161,9 @@ def worker_threads() -> list[threading.Thread]:
     ]
 
 
-def assert_no_leaks(before_children: set[int], before_shm: set[str], *, wait_s: float = 3.0) -> None:
+def assert_no_leaks(
+    before_children: set[int], before_shm: set[str], *, wait_s: float = 3.0
+) -> None:
     """No new child process, shared-memory segment or thread remains."""
     deadline = time.monotonic() + wait_s
     while True:

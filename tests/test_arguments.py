@@ -20,7 +20,7 @@ def test_batch_size_must_be_a_positive_int(batch_size):
 
 def test_num_workers_must_not_be_negative():
     """A negative num_workers names the value and the fix."""
-    with pytest.raises(ValueError, match="num_workers=-1.*num_workers=0"):
+    with pytest.raises(ValueError, match=r"num_workers=-1.*num_workers=0"):
         DataLoader(DS, num_workers=-1)
 
 
@@ -38,7 +38,13 @@ def test_shuffle_with_a_sampler_is_rejected():
 
 @pytest.mark.parametrize(
     "extra",
-    [{"batch_size": 2}, {"shuffle": True}, {"sampler": range(10)}, {"drop_last": True}, {"last_batch": "keep"}],
+    [
+        {"batch_size": 2},
+        {"shuffle": True},
+        {"sampler": range(10)},
+        {"drop_last": True},
+        {"last_batch": "keep"},
+    ],
 )
 def test_batch_sampler_excludes_the_other_batching_options(extra):
     """batch_sampler with batch_size/shuffle/sampler/drop_last/last_batch is a ValueError."""
@@ -48,7 +54,7 @@ def test_batch_sampler_excludes_the_other_batching_options(extra):
 
 def test_unknown_last_batch_mode_lists_the_allowed_ones():
     """last_batch='foo' names the three modes."""
-    with pytest.raises(ValueError, match="'keep', 'discard', 'rollover'.*last_batch='foo'"):
+    with pytest.raises(ValueError, match=r"'keep', 'discard', 'rollover'.*last_batch='foo'"):
         DataLoader(DS, last_batch="foo")
 
 
@@ -113,7 +119,7 @@ def test_collate_fn_must_be_callable():
 
 def test_generator_must_be_a_torch_generator():
     """generator must be a torch.Generator."""
-    with pytest.raises(TypeError, match="generator should be a torch.Generator"):
+    with pytest.raises(TypeError, match=r"generator should be a torch\.Generator"):
         DataLoader(DS, generator=42)
 
 

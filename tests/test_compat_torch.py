@@ -58,8 +58,16 @@ def test_map_dataset_batches_match_torch(kwargs):
 
 def test_shuffle_with_explicit_generator_matches_torch():
     """With the same torch.Generator seed both loaders shuffle identically."""
-    theirs = batches_as_lists(tud.DataLoader(RangeDataset(20), batch_size=4, shuffle=True, generator=torch.Generator().manual_seed(5)))
-    ours = batches_as_lists(batchloader.DataLoader(RangeDataset(20), batch_size=4, shuffle=True, generator=torch.Generator().manual_seed(5)))
+    theirs = batches_as_lists(
+        tud.DataLoader(
+            RangeDataset(20), batch_size=4, shuffle=True, generator=torch.Generator().manual_seed(5)
+        )
+    )
+    ours = batches_as_lists(
+        batchloader.DataLoader(
+            RangeDataset(20), batch_size=4, shuffle=True, generator=torch.Generator().manual_seed(5)
+        )
+    )
     assert ours == theirs
 
 
@@ -85,7 +93,10 @@ def test_torch_samplers_work_in_our_loader():
 def test_our_samplers_work_in_torchs_loader():
     """Our BatchSampler and RandomSampler plug into torch's loader unchanged."""
     sampler = batchloader.BatchSampler(batchloader.SequentialSampler(9), 4, last_batch="discard")
-    assert batches_as_lists(tud.DataLoader(RangeDataset(9), batch_sampler=sampler)) == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    assert batches_as_lists(tud.DataLoader(RangeDataset(9), batch_sampler=sampler)) == [
+        [0, 1, 2, 3],
+        [4, 5, 6, 7],
+    ]
 
 
 def test_our_collate_functions_work_in_torchs_loader():

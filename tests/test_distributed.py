@@ -3,8 +3,7 @@
 Three spawned rank processes form one ``gloo`` process group per world size
 (3 ranks, then 2, on 127.0.0.1) and run every scenario once in each, in
 ``tests/_ddp_ranks.py``; each test below asserts one behaviour on what the
-ranks saw. The helper's own rules are tested in this
-process, without a group.
+ranks saw. The helper's own rules are tested in this process, without a group.
 """
 
 from __future__ import annotations
@@ -16,6 +15,7 @@ import multiprocessing.connection
 import os
 import pickle
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch.distributed as dist
 import torch.utils.data as tud
 
 import batchloader
@@ -41,9 +42,10 @@ pytestmark = pytest.mark.timeout(120)
 
 WORLD_SIZES = (2, 3)
 REPO = Path(__file__).resolve().parents[1]
-_GROUP_DEADLINE_S = 90  # the whole group, from spawn to exit; far above its ~10 s
+_GROUP_DEADLINE_S = 90  # spawn to exit, all groups: ~15 s alone, more on a busy machine
 _JOIN_TIMEOUT_S = 5  # per process, after terminate() and again after kill()
-_TORCHRUN_TIMEOUT_S = 90
+_LAUNCHER_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+_TORCHRUN_TIMEOUT_S = 90  # ~15 s alone; importing DDP pulls in torch._dynamo
 
 
 # --- running a process group ----------------------------------------------------------
@@ -276,17 +278,30 @@ def test_shard_info_reads_the_environment(monkeypatch):
     """Without a group, ``RANK`` and ``WORLD_SIZE`` (set by torchrun) give the rank."""
     monkeypatch.setenv("RANK", "2")
     monkeypatch.setenv("WORLD_SIZE", "3")
-    assert (shard_info().index, shard_info().count) == (2, 3)
+    info = shard_info()
+    assert (info.index, info.count) == (2, 3)
+
+
+def test_shard_info_prefers_the_process_group_to_the_environment(monkeypatch, tmp_path):
+    """An initialized group gives the rank even when ``RANK``/``WORLD_SIZE`` say otherwise."""
+    monkeypatch.setenv("RANK", "2")
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    monkeypatch.setenv("GLOO_SOCKET_IFNAME", "lo")
+    store = f"file://{tmp_path / 'store'}"
+    dist.init_process_group("gloo", init_method=store, rank=0, world_size=1)
+    try:
+        info = shard_info()
+    finally:
+        dist.destroy_process_group()
+    assert (info.rank, info.world_size) == (0, 1)
 
 
 def test_shard_info_explicit_rank_wins(monkeypatch):
     """``rank=`` and ``world_size=`` override the environment."""
     monkeypatch.setenv("RANK", "2")
     monkeypatch.setenv("WORLD_SIZE", "3")
-    assert (shard_info(rank=1, world_size=4).index, shard_info(rank=1, world_size=4).count) == (
-        1,
-        4,
-    )
+    info = shard_info(rank=1, world_size=4)
+    assert (info.index, info.count) == (1, 4)
 
 
 @pytest.mark.parametrize(
@@ -380,11 +395,10 @@ def test_sharded_dataset_in_torchs_loader_uses_torchs_worker_info(no_rank_env):
 
 def test_all_is_sorted_and_complete():
     """``__all__`` is sorted and names exactly the module's public objects."""
-    public = {name for name, value in vars(distributed).items() if not name.startswith("_")}
     defined_here = {
         name
-        for name in public
-        if getattr(vars(distributed)[name], "__module__", "") == distributed.__name__
+        for name, value in vars(distributed).items()
+        if not name.startswith("_") and getattr(value, "__module__", "") == distributed.__name__
     }
     assert distributed.__all__ == sorted(distributed.__all__)
     assert set(distributed.__all__) == defined_here
@@ -399,26 +413,35 @@ def test_shard_info_is_a_frozen_value():
 # --- the DDP example under torchrun --------------------------------------------------------
 
 
+def _run_in_own_session(command: list[str], env: dict[str, str], timeout_s: float) -> Any:
+    """Runs ``command``; on timeout kills its whole process group, so no rank is left behind."""
+    with subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,
+    ) as process:  # fmt: skip
+        try:
+            stdout, stderr = process.communicate(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            stdout, stderr = process.communicate()
+            pytest.fail(f"timed out after {timeout_s} s\n{stdout}\n{stderr[-4000:]}")
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
+
+
 def test_ddp_example_trains_under_torchrun():
-    """``torchrun --nproc_per_node 2 examples/ddp_train.py`` trains and rank 0 alone prints each epoch."""
-    torchrun = Path(sys.executable).with_name("torchrun")
+    """``torchrun --nproc_per_node 2 examples/ddp_train.py`` trains; rank 0 alone prints each epoch."""
     command = [
-        str(torchrun), "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-        "--master_port", str(_free_ports(1)[0]), str(REPO / "examples" / "ddp_train.py"),
-        "--epochs", "2", "--samples", "256",
+        str(Path(sys.executable).with_name("torchrun")), "--nproc_per_node", "2",
+        "--master_addr", "127.0.0.1", "--master_port", str(_free_ports(1)[0]),
+        str(REPO / "examples" / "ddp_train.py"), "--epochs", "2", "--samples", "256",
     ]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(REPO), "GLOO_SOCKET_IFNAME": "lo"}
-    for name in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(name, None)
-    done = subprocess.run(
-        command, env=env, capture_output=True, text=True, timeout=_TORCHRUN_TIMEOUT_S, check=False
-    )
+    env = {key: value for key, value in os.environ.items() if key not in _LAUNCHER_VARIABLES}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    env["GLOO_SOCKET_IFNAME"] = "lo"
+    done = _run_in_own_session(command, env, _TORCHRUN_TIMEOUT_S)
     assert done.returncode == 0, done.stderr[-4000:]
-    losses = [
-        float(loss)
-        for loss in re.findall(
-            r"^epoch \d+: loss ([\d.]+) \(256 samples on 2 ranks\)$", done.stdout, re.M
-        )
-    ]
-    assert len(losses) == 2, done.stdout
-    assert losses[1] < losses[0]
+    epochs = re.findall(
+        r"^epoch (\d+): loss ([\d.]+) \(256 samples, world size 2\)$", done.stdout, re.M
+    )
+    assert [epoch for epoch, _ in epochs] == ["0", "1"], done.stdout
+    assert float(epochs[1][1]) < float(epochs[0][1])

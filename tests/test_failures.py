@@ -33,7 +33,9 @@ def no_leaks():
 @pytest.mark.parametrize("thread_pool", [False, True], ids=["processes", "threads"])
 def test_dataset_exception_keeps_its_type_and_message(no_leaks, thread_pool):
     """A KeyError in __getitem__ reaches the user as a KeyError with its message."""
-    loader = DataLoader(FailingDataset(20, bad=13), batch_size=4, num_workers=2, thread_pool=thread_pool)
+    loader = DataLoader(
+        FailingDataset(20, bad=13), batch_size=4, num_workers=2, thread_pool=thread_pool
+    )
     with pytest.raises(KeyError, match="sample 13 is corrupt"):
         list(loader)
 
@@ -69,7 +71,7 @@ class _Unpicklable(RangeDataset):
 def test_worker_init_fn_exception_surfaces_in_main_process(no_leaks):
     """An exception in worker_init_fn is raised by the loader, not swallowed."""
     loader = DataLoader(RangeDataset(8), batch_size=2, num_workers=2, worker_init_fn=_bad_init)
-    with pytest.raises(ValueError, match="bad init 0|bad init 1"):
+    with pytest.raises(ValueError, match=r"bad init 0|bad init 1"):
         list(loader)
 
 
@@ -79,7 +81,9 @@ def _bad_init(worker_id):
 
 def test_worker_killed_by_sigkill_raises_worker_died(no_leaks):
     """A worker killed mid-epoch is reported by pid and signal, and nothing hangs."""
-    loader = DataLoader(ExitingDataset(40, bad=9, signal=signal.SIGKILL), batch_size=2, num_workers=2)
+    loader = DataLoader(
+        ExitingDataset(40, bad=9, signal=signal.SIGKILL), batch_size=2, num_workers=2
+    )
     start = time.monotonic()
     with pytest.raises(WorkerDiedError, match="SIGKILL") as info:
         list(loader)
@@ -97,7 +101,9 @@ def test_worker_exiting_with_a_code_raises_worker_died(no_leaks):
 def test_timeout_names_the_batch_and_the_workers(no_leaks):
     """A batch slower than timeout raises LoaderTimeoutError (a RuntimeError)."""
     loader = DataLoader(SlowDataset(8, delay_s=5), batch_size=2, num_workers=2, timeout=0.3)
-    with pytest.raises(LoaderTimeoutError, match=r"timed out after 0.3 seconds.*batch 0.*pid") as info:
+    with pytest.raises(
+        LoaderTimeoutError, match=r"timed out after 0.3 seconds.*batch 0.*pid"
+    ) as info:
         next(iter(loader))
     assert isinstance(info.value, RuntimeError)
 
@@ -123,7 +129,9 @@ def test_deleting_the_iterator_shuts_workers_down(no_leaks):
 
 def test_closing_a_persistent_loader_stops_its_pool(no_leaks):
     """close() ends a persistent pool; the context manager does the same."""
-    with DataLoader(RangeDataset(16), batch_size=4, num_workers=2, persistent_workers=True) as loader:
+    with DataLoader(
+        RangeDataset(16), batch_size=4, num_workers=2, persistent_workers=True
+    ) as loader:
         assert len(list(loader)) == 4
         assert len(list(loader)) == 4
 
@@ -152,5 +160,5 @@ def test_unpicklable_dataset_with_spawn_names_its_type():
         pass
 
     loader = DataLoader(Local(4), num_workers=2, multiprocessing_context="spawn")
-    with pytest.raises(TypeError, match="dataset of type .*Local cannot be pickled"):
+    with pytest.raises(TypeError, match=r"dataset of type .*Local cannot be pickled"):
         iter(loader)

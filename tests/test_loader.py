@@ -50,7 +50,9 @@ def test_drop_last_is_discard():
 
 def test_each_epoch_reshuffles():
     """Iterating twice gives two different permutations of the same data."""
-    loader = DataLoader(RangeDataset(50), batch_size=50, shuffle=True, generator=torch.Generator().manual_seed(1))
+    loader = DataLoader(
+        RangeDataset(50), batch_size=50, shuffle=True, generator=torch.Generator().manual_seed(1)
+    )
     first, second = (next(iter(loader)).tolist() for _ in range(2))
     assert first != second and sorted(first) == sorted(second) == list(range(50))
 
@@ -88,9 +90,16 @@ def test_array_dataset_fast_path_equals_per_sample_collation(num_workers):
 
 def test_iterable_dataset_batches_and_drop_last():
     """An iterable dataset is batched in order; drop_last drops the short tail."""
-    assert batches_as_lists(DataLoader(ShardedIterable(7), batch_size=3)) == [[0, 1, 2], [3, 4, 5], [6]]
+    assert batches_as_lists(DataLoader(ShardedIterable(7), batch_size=3)) == [
+        [0, 1, 2],
+        [3, 4, 5],
+        [6],
+    ]
     assert len(DataLoader(ShardedIterable(7), batch_size=3, drop_last=True)) == 2
-    assert batches_as_lists(DataLoader(ShardedIterable(7), batch_size=3, drop_last=True)) == [[0, 1, 2], [3, 4, 5]]
+    assert batches_as_lists(DataLoader(ShardedIterable(7), batch_size=3, drop_last=True)) == [
+        [0, 1, 2],
+        [3, 4, 5],
+    ]
 
 
 def test_iterable_dataset_ignoring_worker_info_repeats_its_data():
@@ -100,14 +109,18 @@ def test_iterable_dataset_ignoring_worker_info_repeats_its_data():
         def __iter__(self):
             return iter(range(5))
 
-    seen = sorted(i for b in DataLoader(Unsharded(), batch_size=None, num_workers=2) for i in [int(b)])
+    seen = sorted(
+        i for b in DataLoader(Unsharded(), batch_size=None, num_workers=2) for i in [int(b)]
+    )
     assert seen == sorted(list(range(5)) * 2)
 
 
 @pytest.mark.parametrize("num_workers", [0, 4])
 def test_generator_source_yields_each_item_once_with_threads(num_workers):
     """A plain generator is consumed under a lock: every item exactly once."""
-    loader = DataLoader((i for i in range(1000)), batch_size=7, num_workers=num_workers, thread_pool=True)
+    loader = DataLoader(
+        (i for i in range(1000)), batch_size=7, num_workers=num_workers, thread_pool=True
+    )
     seen = sorted(i for batch in loader for i in batch.tolist())
     assert seen == list(range(1000))
 
@@ -149,7 +162,9 @@ class Squares(BatchDataset):
 
 
 @pytest.mark.parametrize(
-    ("num_workers", "thread_pool"), [(0, False), (2, True), (2, False)], ids=["main", "threads", "processes"]
+    ("num_workers", "thread_pool"),
+    [(0, False), (2, True), (2, False)],
+    ids=["main", "threads", "processes"],
 )
 def test_batch_dataset_yields_every_batch_in_order(num_workers, thread_pool):
     """A Keras-style batch dataset is iterated batch by batch, uncollated."""
@@ -243,7 +258,7 @@ def test_pin_memory_stage_pins_every_batch_in_order(monkeypatch):
         pinned.append(batch.tolist())
         return batch
 
-    monkeypatch.setattr(loader_module, "make_pin_fn", lambda *a, **k: fake_pin)
+    monkeypatch.setattr(loader_module, "make_pin_fn", lambda *_a, **_k: fake_pin)
     loader = DataLoader(RangeDataset(9), batch_size=2, pin_memory=True, num_workers=2)
     assert batches_as_lists(loader) == pinned == [[0, 1], [2, 3], [4, 5], [6, 7], [8]]
 
@@ -253,7 +268,7 @@ def test_worker_error_passes_through_the_pin_stage(monkeypatch):
     from batchloader import loader as loader_module
     from tests.helpers import FailingDataset
 
-    monkeypatch.setattr(loader_module, "make_pin_fn", lambda *a, **k: lambda b: b)
+    monkeypatch.setattr(loader_module, "make_pin_fn", lambda *_a, **_k: lambda b: b)
     loader = DataLoader(FailingDataset(9, bad=4), batch_size=2, pin_memory=True, num_workers=2)
     with pytest.raises(KeyError, match="sample 4 is corrupt"):
         list(loader)

@@ -48,7 +48,18 @@ def test_out_of_order_workers_yield_the_same_multiset(config, num_workers, threa
         in_order=False,
     )
     got = sorted(map(tuple, batches_as_lists(loader)))
-    expected = sorted(map(tuple, batches_as_lists(DataLoader(RangeDataset(config["size"]), batch_size=config["batch_size"], last_batch=loader.last_batch))))
+    expected = sorted(
+        map(
+            tuple,
+            batches_as_lists(
+                DataLoader(
+                    RangeDataset(config["size"]),
+                    batch_size=config["batch_size"],
+                    last_batch=loader.last_batch,
+                )
+            ),
+        )
+    )
     assert got == expected
 
 
@@ -59,8 +70,12 @@ def test_out_of_order_workers_yield_the_same_multiset(config, num_workers, threa
     num_workers=st.integers(1, 3),
     thread_pool=st.booleans(),
 )
-def test_sharded_iterable_dataset_yields_each_sample_once(size, batch_size, num_workers, thread_pool):
+def test_sharded_iterable_dataset_yields_each_sample_once(
+    size, batch_size, num_workers, thread_pool
+):
     """A properly sharded iterable dataset yields the single-process multiset."""
     dataset = ShardedIterable(size, use_torch_info=not thread_pool)
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, thread_pool=thread_pool)
+    loader = DataLoader(
+        dataset, batch_size=batch_size, num_workers=num_workers, thread_pool=thread_pool
+    )
     assert sorted(i for batch in loader for i in batch.tolist()) == list(range(size))

@@ -81,6 +81,7 @@ class _FakePool:
     """Runs each task at once, in this thread, and records what it was sent."""
 
     prefix = None
+    receiver = None
     broken = False
     closed = False
 
@@ -113,11 +114,17 @@ class _FakePool:
 def _config(**overrides):
     import multiprocessing
 
-    values = dict(
-        num_workers=2, worker_kind=WorkerKind.THREAD, prefetch_factor=2, timeout_s=0,
-        in_order=True, persistent_workers=False, mp_context=multiprocessing.get_context("fork"),
-        pin_memory=False, pin_memory_device="",
-    )
+    values = {
+        "num_workers": 2,
+        "worker_kind": WorkerKind.THREAD,
+        "prefetch_factor": 2,
+        "timeout_s": 0,
+        "in_order": True,
+        "persistent_workers": False,
+        "mp_context": multiprocessing.get_context("fork"),
+        "pin_memory": False,
+        "pin_memory_device": "",
+    }
     values.update(overrides)
     return LoaderConfig(**values)
 
@@ -135,7 +142,7 @@ def test_iterator_reorders_results_that_arrive_early():
     iterator = MultiWorkerIter(_config(), pool, iter([[i] for i in range(6)]), owns_pool=True)
     assert iterator._inbox._queue.qsize() == 3  # batches 1-3 are back, waiting behind batch 0
     pool.finish_held()
-    assert [b for b in iterator] == [[i] for i in range(6)]
+    assert list(iterator) == [[i] for i in range(6)]
 
 
 def test_every_batch_id_is_in_flight_buffered_or_handed_out():
@@ -170,3 +177,16 @@ def test_close_closes_an_owned_pool_once_and_is_idempotent():
     assert pool.closed
     with pytest.raises(StopIteration):
         next(iterator)
+
+
+def test_iterator_whose_sampler_fails_at_start_closes_its_pool():
+    """An exception while sending the first tasks closes the owned pool and propagates."""
+
+    def broken_sampler():
+        yield [0]
+        raise OSError("index file vanished")
+
+    pool = _FakePool(_spec(list(range(10))))
+    with pytest.raises(OSError, match="index file vanished"):
+        MultiWorkerIter(_config(), pool, broken_sampler(), owns_pool=True)
+    assert pool.closed

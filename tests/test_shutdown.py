@@ -85,7 +85,7 @@ def test_interpreter_exit_with_a_live_persistent_pool_leaves_nothing():
         print(os.getpid(), flush=True)
         """
     )
-    out, err = proc.communicate(timeout=60)
+    _out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     time.sleep(0.5)
     assert _pids_of_session(proc.pid) == set()

@@ -25,7 +25,7 @@ def _single(dataset, **kwargs):
 @pytest.mark.parametrize("thread_pool", [False, True], ids=["processes", "threads"])
 def test_two_workers_give_the_single_process_batches(thread_pool):
     """num_workers=2 yields exactly the batches num_workers=0 yields."""
-    kwargs = dict(batch_size=5, shuffle=True, generator=torch.Generator().manual_seed(3))
+    kwargs = {"batch_size": 5, "shuffle": True, "generator": torch.Generator().manual_seed(3)}
     expected = _single(TensorPairs(37), **kwargs)
     kwargs["generator"] = torch.Generator().manual_seed(3)
     loader = DataLoader(TensorPairs(37), num_workers=2, thread_pool=thread_pool, **kwargs)
@@ -35,7 +35,7 @@ def test_two_workers_give_the_single_process_batches(thread_pool):
 def test_large_batches_arrive_through_shared_memory_intact():
     """Batches above the inline threshold are equal after the shared-memory trip."""
     loader = DataLoader(TensorPairs(24, size=100_000), batch_size=4, num_workers=2)
-    for k, (x, y) in enumerate(loader):
+    for k, (x, _y) in enumerate(loader):
         assert x.shape == (4, 100_000)
         assert torch.equal(x[:, 0], torch.arange(4 * k, 4 * k + 4, dtype=torch.float32))
         assert torch.equal(x[:, -1], x[:, 0])
@@ -81,7 +81,9 @@ def test_same_generator_seed_reproduces_worker_seeds():
 
     def seeds():
         loader = DataLoader(
-            WorkerInfoDataset(4), batch_size=None, num_workers=2,
+            WorkerInfoDataset(4),
+            batch_size=None,
+            num_workers=2,
             generator=torch.Generator().manual_seed(7),
         )
         return {int(info["seed"]) - int(info["id"]) for info in loader}
@@ -103,14 +105,18 @@ class _InitRecorder(RangeDataset):
 
 def test_worker_init_fn_runs_once_in_each_worker():
     """worker_init_fn(worker_id) runs in the worker before it loads anything."""
-    loader = DataLoader(_InitRecorder(20), batch_size=None, num_workers=2, worker_init_fn=_record_init)
-    assert set(int(x) for x in loader) <= {0, 1}
+    loader = DataLoader(
+        _InitRecorder(20), batch_size=None, num_workers=2, worker_init_fn=_record_init
+    )
+    assert {int(x) for x in loader} <= {0, 1}
 
 
 @pytest.mark.parametrize("method", ["spawn", "forkserver"])
 def test_spawn_and_forkserver_contexts_load_the_same_batches(method):
     """Workers started with spawn or forkserver receive the pickled dataset once."""
-    loader = DataLoader(RangeDataset(20), batch_size=6, num_workers=2, multiprocessing_context=method)
+    loader = DataLoader(
+        RangeDataset(20), batch_size=6, num_workers=2, multiprocessing_context=method
+    )
     assert batches_as_lists(loader) == _single(RangeDataset(20), batch_size=6)
 
 
@@ -136,7 +142,9 @@ def test_non_persistent_workers_are_fresh_each_epoch():
 @pytest.mark.parametrize("thread_pool", [False, True], ids=["processes", "threads"])
 def test_out_of_order_delivery_still_yields_every_batch(thread_pool):
     """in_order=False hands batches over as they finish, none lost or repeated."""
-    loader = DataLoader(RangeDataset(53), batch_size=4, num_workers=3, in_order=False, thread_pool=thread_pool)
+    loader = DataLoader(
+        RangeDataset(53), batch_size=4, num_workers=3, in_order=False, thread_pool=thread_pool
+    )
     seen = sorted(i for batch in loader for i in batch.tolist())
     assert seen == list(range(53))
 
@@ -153,12 +161,23 @@ def test_iterable_dataset_sharded_by_torch_worker_info_loses_nothing(thread_pool
 def test_iterable_batches_interleave_round_robin_across_workers():
     """Batches alternate between workers, as torch's loader does."""
     loader = DataLoader(ShardedIterable(16), batch_size=2, num_workers=2)
-    assert batches_as_lists(loader) == [[0, 2], [1, 3], [4, 6], [5, 7], [8, 10], [9, 11], [12, 14], [13, 15]]
+    assert batches_as_lists(loader) == [
+        [0, 2],
+        [1, 3],
+        [4, 6],
+        [5, 7],
+        [8, 10],
+        [9, 11],
+        [12, 14],
+        [13, 15],
+    ]
 
 
 def test_persistent_iterable_workers_restart_their_stream_each_epoch():
     """A persistent pool streams an iterable dataset afresh every epoch."""
-    with DataLoader(ShardedIterable(10), batch_size=3, num_workers=2, persistent_workers=True) as loader:
+    with DataLoader(
+        ShardedIterable(10), batch_size=3, num_workers=2, persistent_workers=True
+    ) as loader:
         first = batches_as_lists(loader)
         second = batches_as_lists(loader)
     assert first == second
@@ -178,7 +197,9 @@ def test_prefetch_factor_bounds_the_batches_in_flight():
         def __len__(self):
             return 40
 
-    loader = DataLoader(RangeDataset(40), batch_sampler=CountingSampler(), num_workers=2, prefetch_factor=3)
+    loader = DataLoader(
+        RangeDataset(40), batch_sampler=CountingSampler(), num_workers=2, prefetch_factor=3
+    )
     iterator = iter(loader)
     next(iterator)
     assert len(taken) <= 2 * 3 + 1

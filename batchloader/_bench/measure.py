@@ -50,6 +50,8 @@ __all__ = ["LOADERS", "Checksum", "Spec", "label_hash", "main", "measure"]
 # few enough that the check costs the consumer microseconds, not a pass over the data.
 _PROBES = 4
 _HASH_MOD = (1 << 61) - 1
+# Probe weights are 64 + (label mod 64): distinct for neighbouring samples, exact in float64.
+_WEIGHT_MASK = 63
 # The first tenth of an epoch is warm-up: workers start and the prefetch window fills.
 _WARMUP_FRACTION = 0.1
 _MEMCPY_REPEATS = 8
@@ -125,13 +127,17 @@ def _offsets(n: int) -> np.ndarray:
     return np.arange(n, dtype=np.int64)
 
 
+
+
 @dataclass(slots=True)
 class Checksum:
     """What a loader delivered: sample count, an order-sensitive label hash, probed data.
 
     Every batch is ``(..., labels)`` with ``labels`` the sample indices. The
-    probe sums up to ``_PROBES`` evenly spaced elements of every sample of
-    every other array; ``cpu_s`` is the main thread's CPU time spent checking.
+    probe adds up to ``_PROBES`` evenly spaced elements of every sample of
+    every other array, weighted by its label (data beside the wrong label
+    changes it; how samples are batched does not); ``cpu_s`` is the main
+    thread's CPU time spent checking.
     """
 
     count: int = 0
@@ -147,10 +153,12 @@ class Checksum:
         offsets = _offsets(len(labels))
         step = (self.count + 1) * int(labels.sum()) + int(offsets @ labels)
         self.labels = (self.labels + step) % _HASH_MOD
+        weights = (labels & _WEIGHT_MASK) + float(_WEIGHT_MASK + 1)
         for leaf in _leaves(batch[:-1]):
             rows = _as_array(leaf).reshape(len(labels), -1)
             stride = max(1, (rows.shape[1] - 1) // (_PROBES - 1))
-            self.probe += float(rows[:, ::stride].sum(dtype=np.float64))
+            per_row = rows[:, ::stride].sum(axis=1, dtype=np.float64)
+            self.probe += float(per_row @ weights)
         self.count += len(labels)
         self.sizes.append(len(labels))
         self.cpu_s += time.thread_time() - start
@@ -162,7 +170,9 @@ class Checksum:
 class PlainLoop:
     """The physical reference: ``collate([ds[i] for i in batch])``, in this process."""
 
-    def __init__(self, dataset: Any, collate: Callable[[list[Any]], Any], batch_size: int, sampler: Any):
+    def __init__(
+        self, dataset: Any, collate: Callable[[list[Any]], Any], batch_size: int, sampler: Any
+    ):
         self.dataset, self.collate, self.batch_size = dataset, collate, batch_size
         self.sampler = range(len(dataset)) if sampler is None else sampler
 
@@ -176,7 +186,9 @@ class PlainLoop:
 def _ours(spec: Spec, dataset: Any, collate: Any, **kwargs: Any) -> Any:
     import batchloader
 
-    return batchloader.DataLoader(dataset, collate_fn=collate, thread_pool=spec.thread_pool, **kwargs)
+    return batchloader.DataLoader(
+        dataset, collate_fn=collate, thread_pool=spec.thread_pool, **kwargs
+    )
 
 
 def _torch(spec: Spec, dataset: Any, collate: Any, **kwargs: Any) -> Any:
@@ -187,16 +199,23 @@ def _torch(spec: Spec, dataset: Any, collate: Any, **kwargs: Any) -> Any:
     return torch.utils.data.DataLoader(dataset, collate_fn=collate, **kwargs)
 
 
-def _plain(spec: Spec, dataset: Any, collate: Any, **kwargs: Any) -> Any:
+def _plain(_spec: Spec, dataset: Any, collate: Any, **kwargs: Any) -> Any:
     import torch.utils.data
 
-    return PlainLoop(dataset, collate or torch.utils.data.default_collate, kwargs["batch_size"], kwargs["sampler"])
+    return PlainLoop(
+        dataset,
+        collate or torch.utils.data.default_collate,
+        kwargs["batch_size"],
+        kwargs["sampler"],
+    )
 
 
 LOADERS: dict[str, Callable[..., Any]] = {"ours": _ours, "torch": _torch, "plain": _plain}
 
 
-def _make_loader(spec: Spec, dataset: Any, collate: Any, *, sampler: Any = None, persistent: bool = False) -> Any:
+def _make_loader(
+    spec: Spec, dataset: Any, collate: Any, *, sampler: Any = None, persistent: bool = False
+) -> Any:
     kwargs: dict[str, Any] = {"batch_size": spec.effective_batch_size, "sampler": sampler}
     if spec.loader != "plain":
         kwargs["num_workers"] = spec.num_workers
@@ -248,7 +267,9 @@ def _steady_state(epoch: _Epoch) -> dict[str, float]:
     warm = min(batches - 1, max(1, int(batches * _WARMUP_FRACTION)))
     samples = sum(epoch.checksum.sizes[warm:])
     elapsed = epoch.arrivals[-1] - epoch.arrivals[warm - 1]
-    loader_cpu = (epoch.cpu[-1] - epoch.cpu[warm - 1]) - (epoch.check_cpu[-1] - epoch.check_cpu[warm - 1])
+    loader_cpu = (epoch.cpu[-1] - epoch.cpu[warm - 1]) - (
+        epoch.check_cpu[-1] - epoch.check_cpu[warm - 1]
+    )
     return {
         "rate": samples / elapsed if elapsed > 0 else float("inf"),
         "cpu_per_batch_s": loader_cpu / (batches - warm),
@@ -314,6 +335,7 @@ def measure(spec: Spec) -> dict[str, Any]:
         batches=len(epoch.arrivals),
         check_cpu_s=epoch.checksum.cpu_s,
         checksum=epoch.checksum.as_dict(),
+        load=os.getloadavg()[0],
     )
     if spec.memcpy:
         sample_bytes = sum(np.asarray(leaf).nbytes for leaf in _leaves(dataset[0][:-1]))
@@ -327,7 +349,11 @@ def _run_one(text: str) -> int:
     try:
         result = {"ok": True, **measure(Spec.from_json(text))}
     except Exception as e:
-        result = {"ok": False, "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
+        result = {
+            "ok": False,
+            "error": f"{type(e).__name__}: {e}",
+            "traceback": traceback.format_exc(),
+        }
     _emit(json.dumps(result))
     return 0 if result["ok"] else 1
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from . import workloads
-from .runner import BenchResult, Cell, CellResult
+from .runner import BenchResult, Cell, CellResult, paired_ratio
 
 __all__ = ["Target", "format_report", "plot", "targets", "to_json"]
 
@@ -45,9 +45,9 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 
 
 def baseline_ratio(result: BenchResult, cell: CellResult) -> float | None:
-    """Ours in this cell over ours with 0 workers on the same workload."""
+    """Ours in this cell over ours with 0 workers on the same workload, round by round."""
     base = result.cell(Cell(cell.cell.workload, 0).name)
-    return _ratio(cell.median("ours", "rate"), base.median("ours", "rate") if base else None)
+    return paired_ratio(cell.runs.get("ours", []), base.runs.get("ours", [])) if base else None
 
 
 def _cell_ratio(result: BenchResult, name: str) -> float | None:
@@ -74,8 +74,12 @@ def _latency_targets(result: BenchResult, w: int) -> list[Target]:
     found = []
     big, small = result.cell(f"big w{w}"), result.cell(f"big bs8 w{w}")
     if big and small:
-        growth = _ratio(big.median("ours", "cpu_per_batch_s"), small.median("ours", "cpu_per_batch_s"))
-        found.append(Target("big: ours main CPU/batch, bs32 / bs8", growth, _CPU_GROWTH_LIMIT, False))
+        growth = _ratio(
+            big.median("ours", "cpu_per_batch_s"), small.median("ours", "cpu_per_batch_s")
+        )
+        found.append(
+            Target("big: ours main CPU/batch, bs32 / bs8", growth, _CPU_GROWTH_LIMIT, False)
+        )
     for cell in result.cells:
         c = cell.cell
         if c.with_torch and c.num_workers > 0 and not c.thread_pool:
@@ -84,7 +88,14 @@ def _latency_targets(result: BenchResult, w: int) -> list[Target]:
     tiny = result.cell(f"tiny w{w}")
     if tiny:
         value = tiny.median("ours", "ttfb_persistent_epoch2_s")
-        found.append(Target(f"tiny w{w}: persistent 2nd-epoch first batch (s)", value, _PERSISTENT_TTFB_LIMIT_S, False))
+        found.append(
+            Target(
+                f"tiny w{w}: persistent 2nd-epoch first batch (s)",
+                value,
+                _PERSISTENT_TTFB_LIMIT_S,
+                False,
+            )
+        )
     return found
 
 
@@ -132,8 +143,8 @@ def _row(result: BenchResult, cell: CellResult) -> list[str]:
         _pair(cell, "ttfb_cold_s", 1e3) if cell.cell.num_workers else _pair(cell, "ttfb_s", 1e3),
         _pair(cell, "ttfb_persistent_epoch2_s", 1e3),
         _pair(cell, "cpu_per_batch_s", 1e3, 2),
-        _pair(cell, "mem_main_peak", 1 / _MB, 0),
-        _pair(cell, "mem_workers_peak", 1 / _MB, 0),
+        _pair(cell, "mem_main_uss", 1 / _MB, 0),
+        _pair(cell, "mem_workers_uss", 1 / _MB, 0),
         "ok" if not cell.problems else "FAILED",
     ]
 
@@ -166,7 +177,8 @@ def format_report(result: BenchResult) -> str:
     pairs = "Pairs are ours / torch; medians of "
     parts = [
         _table(_HEADER, rows),
-        f"{pairs}{result.options.repeats} alternating runs; MB is peak PSS.",
+        f"{pairs}{result.options.repeats} alternating runs; ratios are medians of each round's "
+        "ratio; MB is peak USS (private memory: shared pages count for nobody).",
         _table(
             ["workload", "what", "batch", "samples", "plain loop samples/s", "memcpy"],
             _reference_rows(result),
@@ -176,6 +188,9 @@ def format_report(result: BenchResult) -> str:
             [[t.name, _num(t.value, digits=3), ("≥ " if t.at_least else "≤ ") + f"{t.limit:g}", t.status] for t in targets(result)],
         ),
     ]  # fmt: skip
+    if result.load:
+        load = " -> ".join(f"{x:.1f}" for x in result.load)
+        parts.insert(2, f"Load average {load} on {os.cpu_count()} CPUs during the run.")
     problems = [f"{c.cell.name}: {p}" for c in result.cells for p in c.problems]
     if problems:
         parts.append("Checks FAILED:\n" + "\n".join(f"  {p}" for p in problems))
@@ -188,7 +203,7 @@ def format_report(result: BenchResult) -> str:
 def _medians(cell: CellResult, loader: str) -> dict[str, float | None]:
     keys = (
         "rate", "ttfb_s", "ttfb_cold_s", "ttfb_epoch2_s", "ttfb_persistent_epoch2_s",
-        "cpu_per_batch_s", "mem_main_peak", "mem_workers_peak",
+        "cpu_per_batch_s", "mem_main_uss", "mem_main_pss", "mem_workers_uss", "mem_workers_pss",
     )  # fmt: skip
     return {key: cell.median(loader, key) for key in keys}
 
@@ -209,6 +224,7 @@ def _meta(result: BenchResult) -> dict[str, Any]:
         "numpy": numpy.__version__,
         "batchloader": batchloader.__version__,
         "options": options,
+        "load_average": result.load,
     }
 
 
@@ -227,10 +243,17 @@ def to_json(result: BenchResult) -> dict[str, Any]:
             "runs": cell.runs,
         })  # fmt: skip
     references = {
-        name: {"rate": result.reference(name), "runs": runs} for name, runs in result.references.items()
+        name: {"rate": result.reference(name), "runs": runs}
+        for name, runs in result.references.items()
     }
     found = [{**asdict(t), "status": t.status} for t in targets(result)]
-    return {"meta": _meta(result), "ok": result.ok, "cells": cells, "references": references, "targets": found}
+    return {
+        "meta": _meta(result),
+        "ok": result.ok,
+        "cells": cells,
+        "references": references,
+        "targets": found,
+    }
 
 
 def _panel(ax: Any, result: BenchResult, name: str) -> None:
@@ -239,7 +262,12 @@ def _panel(ax: Any, result: BenchResult, name: str) -> None:
     width = 0.38
     series: list[tuple[str, float, str, Callable[[CellResult], float | None]]] = [
         ("ours", -width / 2, "tab:blue", lambda c: c.median("ours", "rate")),
-        ("torch", width / 2, "tab:orange", lambda c: c.median("torch", "rate") if c.cell.with_torch else None),
+        (
+            "torch",
+            width / 2,
+            "tab:orange",
+            lambda c: c.median("torch", "rate") if c.cell.with_torch else None,
+        ),
     ]
     for label, offset, color, value in series:
         heights = [value(c) or 0.0 for c in cells]
@@ -274,7 +302,9 @@ def plot(result: BenchResult, path: str | os.PathLike[str]) -> None:
     for ax in list(axes.flat)[len(names) :]:
         ax.set_visible(False)
     axes.flat[0].legend(fontsize=7)
-    fig.suptitle(f"batchloader vs torch DataLoader, {os.cpu_count()} CPUs (labels: ours/torch)", fontsize=9)
+    fig.suptitle(
+        f"batchloader vs torch DataLoader, {os.cpu_count()} CPUs (labels: ours/torch)", fontsize=9
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)

@@ -5,32 +5,23 @@ size). Each round runs every cell once with our loader and then once with
 torch's (``ours, torch, ours, torch, ...``), and the physical reference (the
 plain loop) once per workload; the summary takes medians over the rounds.
 
-Every measurement runs in a fresh process. By default those processes are
-forked from one *measurement server* (``measure --serve``) that imported
-torch once, because importing torch costs seconds here and would dominate a
-quick run; ``exec_each=True`` starts ``python -m batchloader._bench.measure``
-afresh for every measurement instead. Either way the runner samples the
-measured process's memory (PSS, so pages shared with workers or the server
-are not counted twice) from outside, between its ``#phase`` markers.
+Every measurement runs in a fresh process (see :mod:`.processes`). Then
+every run's delivery is checked: the sample count, an order-sensitive hash of
+the labels, and a probe of the data that must match the plain loop's.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import statistics
-import subprocess
 import sys
-import threading
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import psutil
-
 from . import workloads as wl
 from .measure import Spec
+from .processes import Measurer
 
 __all__ = [
     "BenchOptions",
@@ -39,16 +30,11 @@ __all__ = [
     "CellResult",
     "check_run",
     "expected_label_hash",
-    "measure_env",
+    "paired_ratio",
     "plan",
     "run_bench",
 ]
 
-# A measurement that takes longer than this is hung; its process tree is killed.
-_RUN_TIMEOUT_S = 300.0
-# How often the memory sampler reads the measured processes' PSS: one read costs
-# milliseconds of kernel time on a torch-sized process, so not much more often.
-_MEMORY_INTERVAL_S = 0.2
 # Two probes differing by more than this (relative) mean different data was delivered.
 _PROBE_RTOL = 1e-9
 _HASH_MOD = (1 << 61) - 1
@@ -121,8 +107,8 @@ def _workload_cells(name: str, workers: tuple[int, ...], quick: bool, threads: i
     match name:
         case "tiny":
             batched = [Cell(name, 0, batched=True)]
-            if not quick:
-                batched += [Cell(name, w, batched=True) for w in workers]
+            if not quick:  # torch's side would repeat the tiny wN cell's torch runs
+                batched += [Cell(name, w, batched=True, with_torch=False) for w in workers]
             return [Cell(name, 0), *multi, *batched]
         case "cpu":
             return [Cell(name, 0, with_torch=not quick), *multi]
@@ -170,161 +156,6 @@ def _jobs(cells: list[Cell], options: BenchOptions) -> list[_Job]:
     return jobs
 
 
-def measure_env() -> dict[str, str]:
-    """The measured processes' environment, the same for both loaders.
-
-    ``OMP_WAIT_POLICY=PASSIVE``: an OpenMP thread that finished a parallel
-    region sleeps instead of spinning, so it does not steal a core from the
-    workers. ``OMP_NUM_THREADS`` is left alone: both loaders already run their
-    workers' torch single-threaded, and in the main process the user's default
-    is what a user gets (see docs/performance.md for the measurement).
-    """
-    env = dict(os.environ)
-    env["OMP_WAIT_POLICY"] = "PASSIVE"
-    package_root = str(Path(__file__).resolve().parents[2])
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
-    return env
-
-
-# --- memory ------------------------------------------------------------------------------------
-
-
-def _pss_bytes(pid: int) -> int:
-    """A process's proportional set size; ``smaps_rollup`` is twice as cheap as psutil's reader."""
-    try:
-        with open(f"/proc/{pid}/smaps_rollup") as f:
-            for line in f:
-                if line.startswith("Pss:"):
-                    return int(line.split()[1]) * 1024
-    except FileNotFoundError:
-        pass
-    return psutil.Process(pid).memory_full_info().pss
-
-
-class _MemorySampler(threading.Thread):
-    """Samples the PSS of a process and of its children while ``active`` is set."""
-
-    def __init__(self) -> None:
-        super().__init__(name="bench-memory", daemon=True)
-        self.pid: int | None = None
-        self.active = threading.Event()
-        self.stopped = threading.Event()
-        self.peak_main = self.peak_workers = self.start_main = 0
-
-    def run(self) -> None:
-        while not self.stopped.wait(_MEMORY_INTERVAL_S):
-            if self.active.is_set() and self.pid is not None:
-                try:
-                    self._sample(self.pid)
-                except (psutil.Error, OSError):
-                    pass  # a process exited between listing and reading
-
-    def _sample(self, pid: int) -> None:
-        main = _pss_bytes(pid)
-        workers = sum(_pss_bytes(c.pid) for c in psutil.Process(pid).children(recursive=True))
-        self.start_main = self.start_main or main
-        self.peak_main = max(self.peak_main, main)
-        self.peak_workers = max(self.peak_workers, workers)
-
-    def start_phase(self) -> None:
-        if self.pid is not None:
-            try:
-                self._sample(self.pid)  # at least one sample, however short the phase
-            except (psutil.Error, OSError):
-                pass
-        self.active.set()
-
-    def result(self) -> dict[str, int]:
-        self.stopped.set()
-        return {
-            "mem_main_start": self.start_main,
-            "mem_main_peak": self.peak_main,
-            "mem_workers_peak": self.peak_workers,
-        }
-
-
-# --- processes ---------------------------------------------------------------------------------
-
-
-def _kill_tree(pid: int) -> None:
-    try:
-        process = psutil.Process(pid)
-        for child in [*process.children(recursive=True), process]:
-            child.kill()
-    except psutil.Error:
-        pass
-
-
-def _read_session(lines: Iterator[str], sampler: _MemorySampler) -> dict[str, Any]:
-    """Reads one measurement's output up to its result line (or its end)."""
-    result: dict[str, Any] = {"ok": False, "error": "the measurement printed no result"}
-    for line in lines:
-        match line.split():
-            case ["#pid", pid]:
-                sampler.pid = int(pid)
-            case ["#phase", "load"]:
-                sampler.start_phase()
-            case ["#phase", "end"]:
-                sampler.active.clear()
-            case ["#exit", code]:
-                if not result["ok"]:
-                    result["error"] += f" (exit code {code})"
-                break
-            case _ if line.startswith("{"):
-                result = json.loads(line)
-                if not isinstance(result, dict):
-                    raise RuntimeError(f"[INTERNAL ERROR] measurement printed {line!r}")
-    return result
-
-
-class _Measurer:
-    """Runs specs in fresh processes: forked from one server, or exec'd each."""
-
-    def __init__(self, exec_each: bool):
-        self._exec_each = exec_each
-        self._server: subprocess.Popen[str] | None = None
-
-    def _start(self, args: list[str]) -> subprocess.Popen[str]:
-        command = [sys.executable, "-m", "batchloader._bench.measure", *args]
-        return subprocess.Popen(
-            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=measure_env()
-        )
-
-    def run(self, spec: Spec) -> dict[str, Any]:
-        sampler = _MemorySampler()
-        sampler.start()
-        if self._exec_each:
-            process = self._start([spec.to_json()])
-            watchdog = threading.Timer(_RUN_TIMEOUT_S, _kill_tree, (process.pid,))
-            watchdog.start()
-            result = _read_session(iter(process.stdout.readline, ""), sampler)
-            process.wait()
-        else:
-            server = self._ensure_server()
-            server.stdin.write(spec.to_json() + "\n")
-            server.stdin.flush()
-            watchdog = threading.Timer(_RUN_TIMEOUT_S, lambda: sampler.pid and _kill_tree(sampler.pid))
-            watchdog.start()
-            result = _read_session(iter(server.stdout.readline, ""), sampler)
-        watchdog.cancel()
-        return {**result, **sampler.result()}
-
-    def _ensure_server(self) -> subprocess.Popen[str]:
-        if self._server is None or self._server.poll() is not None:
-            self._server = self._start(["--serve"])
-        return self._server
-
-    def close(self) -> None:
-        if self._server is not None:
-            self._server.stdin.close()
-            try:
-                self._server.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self._server.kill()
-                self._server.wait()
-            self._server = None
-
-
 # --- checks and summary ------------------------------------------------------------------------
 
 
@@ -353,6 +184,23 @@ def _median(runs: list[dict[str, Any]], key: str) -> float | None:
     return statistics.median(values) if values else None
 
 
+def paired_ratio(
+    numerators: list[dict[str, Any]], denominators: list[dict[str, Any]]
+) -> float | None:
+    """The median over rounds of one round's rate over the same round's.
+
+    Runs of one round ran back to back, so each ratio compares runs that saw
+    about the same background load; the median of those is steadier than the
+    ratio of two medians on a shared machine.
+    """
+    ratios = [
+        a["rate"] / b["rate"]
+        for a, b in zip(numerators, denominators, strict=False)
+        if a.get("ok") and b.get("ok") and b["rate"] > 0
+    ]
+    return statistics.median(ratios) if ratios else None
+
+
 @dataclass(slots=True)
 class CellResult:
     """All runs of one cell, and what the checks found."""
@@ -365,8 +213,8 @@ class CellResult:
         return _median(self.runs.get(loader, []), key)
 
     def ratio(self) -> float | None:
-        ours, theirs = self.median("ours", "rate"), self.median("torch", "rate")
-        return ours / theirs if ours and theirs else None
+        """Ours over torch: the median of the rounds' ratios (see :func:`paired_ratio`)."""
+        return paired_ratio(self.runs.get("ours", []), self.runs.get("torch", []))
 
 
 @dataclass(slots=True)
@@ -376,6 +224,7 @@ class BenchResult:
     options: BenchOptions
     cells: list[CellResult]
     references: dict[str, list[dict[str, Any]]]
+    load: list[float] = field(default_factory=list)  # 1-minute load average, before and after
 
     def reference(self, workload: str, key: str = "rate") -> float | None:
         return _median(self.references.get(workload, []), key)
@@ -413,7 +262,9 @@ def _check_all(result: BenchResult) -> None:
         probe = _authority(result, cell.cell)
         for loader, runs in cell.runs.items():
             for k, run in enumerate(runs):
-                cell.problems += [f"{loader} run {k + 1}: {p}" for p in check_run(run, count, probe)]
+                cell.problems += [
+                    f"{loader} run {k + 1}: {p}" for p in check_run(run, count, probe)
+                ]
 
 
 def run_bench(options: BenchOptions) -> BenchResult:
@@ -423,9 +274,9 @@ def run_bench(options: BenchOptions) -> BenchResult:
     cells = plan(options)
     for name in dict.fromkeys(c.workload for c in cells):
         wl.prepare(name, wl.WORKLOADS[name].size(options.size), options.cache_dir)
-    result = BenchResult(options, [CellResult(c) for c in cells], {})
+    result = BenchResult(options, [CellResult(c) for c in cells], {}, [os.getloadavg()[0]])
     by_cell = {c.cell: c for c in result.cells}
-    measurer = _Measurer(options.exec_each)
+    measurer = Measurer(options.exec_each)
     jobs = _jobs(cells, options)
     bar = tqdm(jobs, desc="bench", unit="run", disable=not options.progress, file=sys.stderr)
     try:
@@ -441,5 +292,6 @@ def run_bench(options: BenchOptions) -> BenchResult:
     finally:
         bar.close()
         measurer.close()
+    result.load.append(os.getloadavg()[0])
     _check_all(result)
     return result

@@ -1,0 +1,199 @@
+"""Fresh processes for measurements, and the memory they use.
+
+A measurement runs in a process forked from one *measurement server* (the
+default: the server imported torch once, and importing torch costs seconds
+here) or in a newly started interpreter (``exec_each``). Either way the
+process runs ``python -m batchloader._bench.measure``'s code, and a sampler
+thread here reads its memory and its workers' from outside, between its
+``#phase`` markers, so sampling costs the measured process nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from .measure import Spec
+
+__all__ = ["MEMORY_KEYS", "Measurer", "measure_env"]
+
+# A measurement that takes longer than this is hung; its process tree is killed.
+_RUN_TIMEOUT_S = 300.0
+# How often the sampler reads the measured processes' memory: one read costs
+# milliseconds of kernel time on a torch-sized process, so not much more often.
+_MEMORY_INTERVAL_S = 0.2
+MEMORY_KEYS = ("mem_main_uss", "mem_main_pss", "mem_workers_uss", "mem_workers_pss")
+
+
+def measure_env() -> dict[str, str]:
+    """The measured processes' environment, the same for both loaders.
+
+    ``OMP_WAIT_POLICY=PASSIVE``: an OpenMP thread that finished a parallel
+    region sleeps instead of spinning, so it does not steal a core from the
+    workers. ``OMP_NUM_THREADS`` is left alone: both loaders already run their
+    workers' torch single-threaded, and in the main process the user's default
+    is what a user gets (see docs/performance.md for the measurement).
+    """
+    env = dict(os.environ)
+    env["OMP_WAIT_POLICY"] = "PASSIVE"
+    package_root = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
+    return env
+
+
+# --- memory ------------------------------------------------------------------------------------
+
+
+def _memory(pid: int) -> tuple[int, int]:
+    """A process's (USS, PSS) in bytes: private pages, and pages divided among sharers.
+
+    Reads ``smaps_rollup`` directly: on a torch-sized process it costs half of
+    what psutil's ``memory_full_info`` does, and the sampler runs beside a
+    measurement. Falls back to psutil where the file does not exist.
+    """
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            pairs = (line.partition(":") for line in f)
+            fields = {key: value for key, _, value in pairs if key.isidentifier()}
+    except FileNotFoundError:
+        info = psutil.Process(pid).memory_full_info()
+        return info.uss, info.pss
+
+    def kib(name: str) -> int:
+        return int(fields.get(name, "0 kB").split()[0]) * 1024
+
+    return kib("Private_Clean") + kib("Private_Dirty") + kib("Private_Hugetlb"), kib("Pss")
+
+
+class _MemorySampler(threading.Thread):
+    """Samples a process's memory, and its children's, while ``active`` is set.
+
+    Keeps the peaks of the main process's USS and PSS and of the sums over its
+    children (the workers). USS is what the table shows: a page shared with
+    the workers, the server or the page cache is nobody's private memory.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(name="bench-memory", daemon=True)
+        self.pid: int | None = None
+        self.active = threading.Event()
+        self.stopped = threading.Event()
+        self.peaks = dict.fromkeys(MEMORY_KEYS, 0)
+
+    def run(self) -> None:
+        while not self.stopped.wait(_MEMORY_INTERVAL_S):
+            if self.active.is_set():
+                self.sample()
+
+    def sample(self) -> None:
+        if self.pid is None:
+            return
+        try:
+            main = _memory(self.pid)
+            workers = [_memory(c.pid) for c in psutil.Process(self.pid).children(recursive=True)]
+        except (psutil.Error, OSError, ValueError):
+            return  # a process exited between listing and reading
+        values = (main[0], main[1], sum(w[0] for w in workers), sum(w[1] for w in workers))
+        for key, value in zip(MEMORY_KEYS, values, strict=True):
+            self.peaks[key] = max(self.peaks[key], value)
+
+    def start_phase(self) -> None:
+        self.sample()  # at least one sample, however short the phase
+        self.active.set()
+
+    def result(self) -> dict[str, int]:
+        self.stopped.set()
+        return dict(self.peaks)
+
+
+# --- processes ---------------------------------------------------------------------------------
+
+
+def _kill_tree(pid: int) -> None:
+    try:
+        process = psutil.Process(pid)
+        for child in [*process.children(recursive=True), process]:
+            child.kill()
+    except psutil.Error:
+        pass
+
+
+def _read_session(lines: Iterator[str], sampler: _MemorySampler) -> dict[str, Any]:
+    """Reads one measurement's output up to its result line (or its end)."""
+    result: dict[str, Any] = {"ok": False, "error": "the measurement printed no result"}
+    for line in lines:
+        match line.split():
+            case ["#pid", pid]:
+                sampler.pid = int(pid)
+            case ["#phase", "load"]:
+                sampler.start_phase()
+            case ["#phase", "end"]:
+                sampler.active.clear()
+                sampler.sample()
+            case ["#exit", code]:
+                if not result["ok"]:
+                    result["error"] += f" (exit code {code})"
+                break
+            case _ if line.startswith("{"):
+                result = json.loads(line)
+                if not isinstance(result, dict):
+                    raise RuntimeError(f"[INTERNAL ERROR] measurement printed {line!r}")
+    return result
+
+
+class Measurer:
+    """Runs specs in fresh processes: forked from one server, or exec'd each."""
+
+    def __init__(self, exec_each: bool):
+        self._exec_each = exec_each
+        self._server: subprocess.Popen[str] | None = None
+
+    def _start(self, args: list[str]) -> subprocess.Popen[str]:
+        command = [sys.executable, "-m", "batchloader._bench.measure", *args]
+        return subprocess.Popen(
+            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=measure_env()
+        )
+
+    def run(self, spec: Spec) -> dict[str, Any]:
+        sampler = _MemorySampler()
+        sampler.start()
+        if self._exec_each:
+            process = self._start([spec.to_json()])
+            watchdog = threading.Timer(_RUN_TIMEOUT_S, _kill_tree, (process.pid,))
+            watchdog.start()
+            result = _read_session(iter(process.stdout.readline, ""), sampler)
+            process.wait()
+        else:
+            server = self._ensure_server()
+            server.stdin.write(spec.to_json() + "\n")
+            server.stdin.flush()
+            watchdog = threading.Timer(
+                _RUN_TIMEOUT_S, lambda: sampler.pid and _kill_tree(sampler.pid)
+            )
+            watchdog.start()
+            result = _read_session(iter(server.stdout.readline, ""), sampler)
+        watchdog.cancel()
+        return {**result, **sampler.result()}
+
+    def _ensure_server(self) -> subprocess.Popen[str]:
+        if self._server is None or self._server.poll() is not None:
+            self._server = self._start(["--serve"])
+        return self._server
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.stdin.close()
+            try:
+                self._server.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._server.kill()
+                self._server.wait()
+            self._server = None
