@@ -38,6 +38,19 @@ _POLL_S = 0.01
 _THREAD_JOIN_S = 2.0
 
 
+class _QuietPool(Pool):
+    """A ``Pool`` whose worker-maintenance thread does not wake for every result.
+
+    The stock Pool also waits on its result pipe, so while a result is unread
+    that thread spins (a new selector, a poll of every worker, each time),
+    taking the GIL from the thread that would read it. Worker exits still wake
+    it: their sentinels are waited on separately.
+    """
+
+    def _get_sentinels(self) -> list[Any]:
+        return [self._change_notifier._reader]
+
+
 def check_picklable(spec: FetchSpec, start_method: str) -> None:
     """Raises a TypeError naming the part of ``spec`` that cannot be pickled."""
     for name in ("dataset", "collate_fn", "worker_init_fn"):
@@ -119,7 +132,7 @@ class WorkerPool:
             barrier=ctx.Barrier(n) if iterable else None,
             stop=ctx.Event() if iterable else None,
         )
-        self._pool: Pool = ctx.Pool(n, _worker.init_process_worker, (self.setup,))
+        self._pool: Pool = _QuietPool(n, _worker.init_process_worker, (self.setup,), context=ctx)
 
     def _start_threads(self, config: LoaderConfig, spec: FetchSpec, base_seed: int) -> None:
         n = config.num_workers
