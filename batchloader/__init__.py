@@ -26,9 +26,10 @@ from .datasets import (
     TensorDataset,
     threadsafe,
 )
+from .device import DevicePrefetcher, to_device
 from .distributed import ShardedIterableDataset, ShardInfo, shard_info, split_by_rank_and_worker
 from .loader import DataLoader
-from .pin_memory import DevicePrefetcher, pin_batch, to_device
+from .pin_memory import pin_batch
 from .samplers import (
     BatchSampler,
     DistributedSampler,

@@ -77,13 +77,13 @@ class _BaseIter:
         )
         try:
             result = self._next_result()
+            if result is not None:
+                return self._deliver(*result)
         except BaseException:
             self._leave(_State.FAILED)
             raise
-        if result is None:
-            self._leave(_State.EXHAUSTED)
-            raise StopIteration
-        return self._deliver(*result)
+        self._leave(_State.EXHAUSTED)
+        raise StopIteration
 
     def _begin(self, start: Any) -> None:
         """Enters RUNNING by calling ``start``; if it fails, closes an owned pool."""
@@ -100,7 +100,6 @@ class _BaseIter:
 
     def _deliver(self, result: Result, indices: Any) -> Any:
         if result.status is Status.ERROR:
-            self._leave(_State.FAILED)
             where = "" if indices is None else f", indices {_show(indices)}"
             raise result.payload.rebuild(
                 f"Raised in DataLoader worker {result.worker_id} "

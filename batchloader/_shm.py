@@ -28,12 +28,14 @@ import itertools
 import mmap
 import os
 import secrets
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
+
+from ._nested import map_batch
 
 __all__ = [
     "Receiver",
@@ -204,18 +206,8 @@ def empty(shape: tuple[int, ...] | torch.Size, dtype: torch.dtype) -> torch.Tens
 
 
 def _map(obj: Any, fn: Callable[[Any], Any]) -> Any:
-    """Applies ``fn`` to every leaf of nested lists, tuples, namedtuples and dicts."""
-    if isinstance(obj, Mapping):
-        items = {k: _map(v, fn) for k, v in obj.items()}
-        try:
-            return type(obj)(items)
-        except TypeError:
-            return items
-    if isinstance(obj, tuple) and hasattr(obj, "_fields"):
-        return type(obj)(*(_map(v, fn) for v in obj))
-    if isinstance(obj, list | tuple):
-        return type(obj)(_map(v, fn) for v in obj)
-    return fn(obj)
+    """Applies ``fn`` to every tensor, array and handle in a nested batch."""
+    return map_batch(obj, fn, lambda x: isinstance(x, torch.Tensor | np.ndarray | _ShmArray | _InlineArray))
 
 
 def _pack_tensor(t: torch.Tensor) -> Any:

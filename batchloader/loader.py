@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import warnings
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Generic
 
@@ -37,6 +38,10 @@ __all__ = ["DataLoader"]
 
 _DEFAULT_PREFETCH_FACTOR = 2
 _PIN_QUEUE_DEPTH = 2
+
+
+def _no_iterator() -> None:
+    return None
 
 
 def _identity(batch: Any) -> Any:
@@ -171,7 +176,7 @@ class DataLoader(Generic[T_co]):
         )
         self.multiprocessing_context = context if num_workers > 0 else None
         self._pool: WorkerPool | None = None
-        self._iterator: Any = None
+        self._iterator: Callable[[], Any] = _no_iterator
 
     # -- construction -------------------------------------------------------------
 
@@ -245,8 +250,9 @@ class DataLoader(Generic[T_co]):
         return self.batch_sampler if self.batch_sampler is not None else self.sampler
 
     def __iter__(self) -> Iterator[Any]:
-        if self._config.persistent_workers and self._iterator is not None:
-            self._iterator.close()
+        previous = self._iterator()
+        if self._config.persistent_workers and previous is not None:
+            previous.close()
         if self._batch_dataset:
             _call_hook(self.dataset, "on_epoch_begin")  # before workers start on the epoch
         iterator = self._make_iterator()
@@ -256,7 +262,8 @@ class DataLoader(Generic[T_co]):
             iterator = PinMemoryIter(iterator, pin_fn, queue_depth=_PIN_QUEUE_DEPTH)
         if self._batch_dataset:
             iterator = _EpochHooks(iterator, self.dataset)
-        self._iterator = iterator
+        # Weakly: an abandoned epoch's iterator must be collectable, to free its workers.
+        self._iterator = weakref.ref(iterator)
         return iterator
 
     def _make_iterator(self) -> Any:
@@ -291,9 +298,10 @@ class DataLoader(Generic[T_co]):
 
     def close(self) -> None:
         """Stops the current epoch's iterator and every worker; idempotent."""
-        if self._iterator is not None:
-            self._iterator.close()
-            self._iterator = None
+        iterator = self._iterator()
+        if iterator is not None:
+            iterator.close()
+        self._iterator = _no_iterator
         if self._pool is not None:
             self._pool.close()
             self._pool = None

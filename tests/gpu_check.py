@@ -24,6 +24,8 @@ from types import ModuleType
 
 import torch
 
+from batchloader import device
+
 MB = 1 << 20
 """Bytes per megabyte."""
 
@@ -131,8 +133,10 @@ def check_prefetcher(pm: ModuleType, mb: int) -> list[str]:
     failures = []
     rows = []
     loops: dict[str, Callable[[], Iterator[dict[str, torch.Tensor]]]] = {
-        "to_device in loop": lambda: (pm.to_device(b, "cuda", non_blocking=True) for b in pinned),
-        "DevicePrefetcher": lambda: iter(pm.DevicePrefetcher(pinned, "cuda")),
+        "to_device in loop": lambda: (
+            device.to_device(b, "cuda", non_blocking=True) for b in pinned
+        ),
+        "DevicePrefetcher": lambda: iter(device.DevicePrefetcher(pinned, "cuda")),
     }
     for name, make in loops.items():
         torch.cuda.synchronize()

@@ -162,3 +162,28 @@ def test_unpicklable_dataset_with_spawn_names_its_type():
     loader = DataLoader(Local(4), num_workers=2, multiprocessing_context="spawn")
     with pytest.raises(TypeError, match=r"dataset of type .*Local cannot be pickled"):
         iter(loader)
+
+
+def test_failure_while_receiving_a_batch_ends_the_epoch(no_leaks, monkeypatch):
+    """An error in the main process's receiving step stops the workers too."""
+    from batchloader import _shm
+
+    def broken(self, packed):
+        raise TypeError("cannot map batch")
+
+    monkeypatch.setattr(_shm.Receiver, "unpack", broken)
+    loader = DataLoader(torch.ones(64, 70_000), batch_size=4, num_workers=2)
+    with pytest.raises(TypeError, match="cannot map batch"):
+        list(loader)
+
+
+def test_loader_does_not_keep_an_abandoned_epoch_alive(no_leaks):
+    """Dropping a half-read iterator frees its workers even while the loader lives."""
+    loader = DataLoader(RangeDataset(64), batch_size=2, num_workers=2)
+    iterator = iter(loader)
+    next(iterator)
+    del iterator
+    import gc
+
+    gc.collect()
+    assert loader is not None

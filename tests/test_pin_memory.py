@@ -14,15 +14,15 @@ from typing import Any, NamedTuple
 import pytest
 import torch
 
+from batchloader import device as device_module
 from batchloader import pin_memory as pm
+from batchloader.device import DevicePrefetcher, to_device
 from batchloader.pin_memory import (
-    DevicePrefetcher,
     _pin_memory_stage,
     _PinMemoryIter,
     make_pin_fn,
     pin_batch,
     pin_memory_supported,
-    to_device,
 )
 
 CLOSE_DEADLINE_S = 1.0
@@ -648,7 +648,7 @@ def test_keep_one_ahead_hands_over_before_starting_the_next_copy() -> None:
         events.append(f"hand{batch}")
         return batch
 
-    for batch in pm._keep_one_ahead(iter(range(3)), start, hand_over):
+    for batch in device_module._keep_one_ahead(iter(range(3)), start, hand_over):
         events.append(f"use{batch}")
     assert events == [
         "start0",

@@ -127,8 +127,6 @@ def _offsets(n: int) -> np.ndarray:
     return np.arange(n, dtype=np.int64)
 
 
-
-
 @dataclass(slots=True)
 class Checksum:
     """What a loader delivered: sample count, an order-sensitive label hash, probed data.

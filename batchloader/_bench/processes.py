@@ -15,6 +15,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ _RUN_TIMEOUT_S = 300.0
 # milliseconds of kernel time on a torch-sized process, so not much more often.
 _MEMORY_INTERVAL_S = 0.2
 MEMORY_KEYS = ("mem_main_uss", "mem_main_pss", "mem_workers_uss", "mem_workers_pss")
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def measure_env() -> dict[str, str]:
@@ -73,20 +75,45 @@ def _memory(pid: int) -> tuple[int, int]:
     return kib("Private_Clean") + kib("Private_Dirty") + kib("Private_Hugetlb"), kib("Pss")
 
 
-class _MemorySampler(threading.Thread):
-    """Samples a process's memory, and its children's, while ``active`` is set.
+def _machine_busy_s() -> float:
+    """CPU seconds all processes on this machine have used (stolen time included)."""
+    with open("/proc/stat") as f:
+        ticks = [int(x) for x in f.readline().split()[1:9]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = ticks
+    return (user + nice + system + irq + softirq + steal) / _CLOCK_TICKS
+
+
+def _tree_cpu_s(process: psutil.Process) -> float:
+    """CPU seconds of a process, of its reaped children and of its live ones."""
+    times = process.cpu_times()
+    total = times.user + times.system + times.children_user + times.children_system
+    for child in process.children(recursive=True):
+        try:
+            child_times = child.cpu_times()
+        except psutil.Error:
+            continue
+        total += child_times.user + child_times.system
+    return total
+
+
+class _Sampler(threading.Thread):
+    """Watches a measured process and its workers while ``active`` is set.
 
     Keeps the peaks of the main process's USS and PSS and of the sums over its
     children (the workers). USS is what the table shows: a page shared with
     the workers, the server or the page cache is nobody's private memory.
+    Also counts the CPU that *other* processes used during the phase, in
+    cores: on a shared machine it says how far to trust the timings.
     """
 
     def __init__(self) -> None:
-        super().__init__(name="bench-memory", daemon=True)
+        super().__init__(name="bench-sampler", daemon=True)
         self.pid: int | None = None
         self.active = threading.Event()
         self.stopped = threading.Event()
         self.peaks = dict.fromkeys(MEMORY_KEYS, 0)
+        self._cpu_start: tuple[float, float] | None = None
+        self.others_cores: float | None = None
 
     def run(self) -> None:
         while not self.stopped.wait(_MEMORY_INTERVAL_S):
@@ -105,13 +132,37 @@ class _MemorySampler(threading.Thread):
         for key, value in zip(MEMORY_KEYS, values, strict=True):
             self.peaks[key] = max(self.peaks[key], value)
 
+    @staticmethod
+    def _others_cpu_s(pid: int) -> float:
+        """Machine CPU seconds not used by the measured tree or by this runner."""
+        ours = _tree_cpu_s(psutil.Process(pid)) + _tree_cpu_s(psutil.Process())
+        return _machine_busy_s() - ours
+
     def start_phase(self) -> None:
+        if self.pid is None:
+            return
         self.sample()  # at least one sample, however short the phase
+        try:
+            self._cpu_start = (time.monotonic(), self._others_cpu_s(self.pid))
+        except (psutil.Error, OSError):
+            self._cpu_start = None
         self.active.set()
 
-    def result(self) -> dict[str, int]:
+    def end_phase(self) -> None:
+        self.active.clear()
+        self.sample()
+        if self._cpu_start is None or self.pid is None:
+            return
+        try:
+            others = self._others_cpu_s(self.pid) - self._cpu_start[1]
+        except (psutil.Error, OSError):
+            return
+        elapsed = time.monotonic() - self._cpu_start[0]
+        self.others_cores = max(0.0, others / elapsed) if elapsed > 0 else None
+
+    def result(self) -> dict[str, Any]:
         self.stopped.set()
-        return dict(self.peaks)
+        return {**self.peaks, "others_cpu_cores": self.others_cores}
 
 
 # --- processes ---------------------------------------------------------------------------------
@@ -126,7 +177,7 @@ def _kill_tree(pid: int) -> None:
         pass
 
 
-def _read_session(lines: Iterator[str], sampler: _MemorySampler) -> dict[str, Any]:
+def _read_session(lines: Iterator[str], sampler: _Sampler) -> dict[str, Any]:
     """Reads one measurement's output up to its result line (or its end)."""
     result: dict[str, Any] = {"ok": False, "error": "the measurement printed no result"}
     for line in lines:
@@ -136,8 +187,7 @@ def _read_session(lines: Iterator[str], sampler: _MemorySampler) -> dict[str, An
             case ["#phase", "load"]:
                 sampler.start_phase()
             case ["#phase", "end"]:
-                sampler.active.clear()
-                sampler.sample()
+                sampler.end_phase()
             case ["#exit", code]:
                 if not result["ok"]:
                     result["error"] += f" (exit code {code})"
@@ -163,7 +213,7 @@ class Measurer:
         )
 
     def run(self, spec: Spec) -> dict[str, Any]:
-        sampler = _MemorySampler()
+        sampler = _Sampler()
         sampler.start()
         if self._exec_each:
             process = self._start([spec.to_json()])
