@@ -207,7 +207,9 @@ def empty(shape: tuple[int, ...] | torch.Size, dtype: torch.dtype) -> torch.Tens
 
 def _map(obj: Any, fn: Callable[[Any], Any]) -> Any:
     """Applies ``fn`` to every tensor, array and handle in a nested batch."""
-    return map_batch(obj, fn, lambda x: isinstance(x, torch.Tensor | np.ndarray | _ShmArray | _InlineArray))
+    return map_batch(
+        obj, fn, lambda x: isinstance(x, torch.Tensor | np.ndarray | _ShmArray | _InlineArray)
+    )
 
 
 def _pack_tensor(t: torch.Tensor) -> Any:

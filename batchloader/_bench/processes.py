@@ -10,6 +10,7 @@ thread here reads its memory and its workers' from outside, between its
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -213,25 +214,42 @@ class Measurer:
         )
 
     def run(self, spec: Spec) -> dict[str, Any]:
+        """Measures one spec in a fresh process; the result carries its memory peaks."""
         sampler = _Sampler()
         sampler.start()
-        if self._exec_each:
-            process = self._start([spec.to_json()])
-            watchdog = threading.Timer(_RUN_TIMEOUT_S, _kill_tree, (process.pid,))
-            watchdog.start()
-            result = _read_session(iter(process.stdout.readline, ""), sampler)
+        try:
+            if self._exec_each:
+                result = self._run_exec(spec, sampler)
+            else:
+                result = self._run_forked(spec, sampler)
+        finally:
+            peaks = sampler.result()
+        return {**result, **peaks}
+
+    def _run_exec(self, spec: Spec, sampler: _Sampler) -> dict[str, Any]:
+        process = self._start([spec.to_json()])
+        watchdog = threading.Timer(_RUN_TIMEOUT_S, _kill_tree, (process.pid,))
+        watchdog.start()
+        try:
+            return _read_session(iter(process.stdout.readline, ""), sampler)
+        finally:
+            watchdog.cancel()
             process.wait()
-        else:
-            server = self._ensure_server()
+
+    def _run_forked(self, spec: Spec, sampler: _Sampler) -> dict[str, Any]:
+        server = self._ensure_server()
+        try:
             server.stdin.write(spec.to_json() + "\n")
             server.stdin.flush()
-            watchdog = threading.Timer(
-                _RUN_TIMEOUT_S, lambda: sampler.pid and _kill_tree(sampler.pid)
-            )
-            watchdog.start()
-            result = _read_session(iter(server.stdout.readline, ""), sampler)
-        watchdog.cancel()
-        return {**result, **sampler.result()}
+        except BrokenPipeError:
+            server.wait()
+            return {"ok": False, "error": f"the measurement server exited ({server.returncode})"}
+        watchdog = threading.Timer(_RUN_TIMEOUT_S, lambda: sampler.pid and _kill_tree(sampler.pid))
+        watchdog.start()
+        try:
+            return _read_session(iter(server.stdout.readline, ""), sampler)
+        finally:
+            watchdog.cancel()
 
     def _ensure_server(self) -> subprocess.Popen[str]:
         if self._server is None or self._server.poll() is not None:
@@ -239,8 +257,10 @@ class Measurer:
         return self._server
 
     def close(self) -> None:
+        """Stops the measurement server (end of input); kills it if it does not exit."""
         if self._server is not None:
-            self._server.stdin.close()
+            with contextlib.suppress(BrokenPipeError):
+                self._server.stdin.close()
             try:
                 self._server.wait(timeout=10)
             except subprocess.TimeoutExpired:
