@@ -209,9 +209,10 @@ class Endless(BatchDataset):
         return (np.array([i]),)
 
 
-def test_infinite_batch_dataset_streams_until_stopped():
+@pytest.mark.parametrize("thread_pool", [False, True], ids=["processes", "threads"])
+def test_infinite_batch_dataset_streams_until_stopped(thread_pool):
     """num_batches=None streams batches 0, 1, 2, ... until the user stops."""
-    loader = DataLoader(Endless(), num_workers=2, thread_pool=True)
+    loader = DataLoader(Endless(), num_workers=2, thread_pool=thread_pool)
     iterator = iter(loader)
     got = [int(b[0][0]) for b in itertools.islice(iterator, 50)]
     iterator.close()
