@@ -11,6 +11,10 @@ Both iterators share one state machine::
 Leaving RUNNING releases every batch not handed out and, when the iterator
 owns its pool (``persistent_workers=False``), shuts the pool down.
 
+Seeding (map-style): batch ``b`` of an epoch is made after the worker reseeds
+``random``, torch and NumPy from ``(epoch seed, b)``, so random augmentations
+do not depend on which worker, or how many workers, made the batch.
+
 Bounded buffer (map-style): batches in flight plus batches waiting in the
 reorder buffer never exceed ``prefetch_factor * num_workers``, and every batch
 id sent is in flight, in the reorder buffer, or already handed out.
@@ -31,7 +35,7 @@ from . import _shm
 from ._config import LoaderConfig
 from ._errors import LoaderTimeoutError, _RemoteError
 from ._pool import WorkerPool
-from ._worker import Result, Status, Task
+from ._worker import Result, Status, Task, mix_seed
 
 __all__ = ["MultiWorkerIter", "StreamingIter"]
 
@@ -201,8 +205,10 @@ class MultiWorkerIter(_BaseIter):
         batches: Iterator[Any],
         *,
         owns_pool: bool,
+        epoch_seed: int | None = None,
     ):
         super().__init__(config, pool, owns_pool=owns_pool)
+        self._epoch_seed = epoch_seed
         self._batches = batches
         self._batches_done = False
         self._inbox = _Inbox(pool.receiver)
@@ -225,7 +231,8 @@ class MultiWorkerIter(_BaseIter):
             batch_id, self._sent = self._sent, self._sent + 1
             self._in_flight[batch_id] = indices
             on_error = functools.partial(self._inbox.put_error, batch_id)
-            self._pool.submit(Task(batch_id, indices), self._inbox.put, on_error)
+            seed = None if self._epoch_seed is None else mix_seed(self._epoch_seed, batch_id)
+            self._pool.submit(Task(batch_id, indices, seed), self._inbox.put, on_error)
 
     def _next_result(self) -> tuple[Result, Any] | None:
         while True:

@@ -99,6 +99,7 @@ class WorkerPool:
         self.kind = config.worker_kind
         self.num_workers = config.num_workers
         self.spec = spec
+        self.base_seed = base_seed
         self._closed = False
         self.broken = False
         self._stream_epoch = 0
@@ -213,8 +214,9 @@ class WorkerPool:
                     self.broken = True
                     raise WorkerDiedError(
                         f"DataLoader worker (pid {member.pid}) {_exit_description(code)}. "
-                        "If it was killed by SIGKILL, the machine may be out of memory; "
-                        "if /dev/shm is small, see docs on shared memory.",
+                        "SIGKILL usually means the out-of-memory killer; with spawn or "
+                        "forkserver, exit code 1 means the worker printed a traceback on "
+                        "stderr while starting. See docs/troubleshooting.md#a-worker-died.",
                         pid=member.pid,
                         exitcode=code,
                     )

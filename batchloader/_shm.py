@@ -1,6 +1,6 @@
 """Shared-memory batches: create in a worker, map in the main process, release.
 
-Ownership (see docs/design/shared-memory.md): a worker *creates* a segment
+Ownership (see docs/design/worker-protocol.md ("Shared memory: ownership and reuse")): a worker *creates* a segment
 (a file under ``/dev/shm``) and writes a batch into it; the result it sends
 holds only the segment's name (:class:`_ShmArray`). The main process *maps*
 the segment and unlinks its name at once, so the memory lives exactly as long

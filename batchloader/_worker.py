@@ -46,6 +46,7 @@ __all__ = [
     "get_worker_info",
     "init_process_worker",
     "init_thread_worker",
+    "mix_seed",
     "next_iterable_batch",
     "run_task",
     "stream_shard",
@@ -72,10 +73,11 @@ class Task:
 
     batch_id: int
     indices: Any
+    seed: int | None = None  # process workers reseed their global RNGs with it first
 
     def __reduce__(self) -> tuple[Any, ...]:
         # Positional rebuild: several times cheaper than a frozen dataclass's setstate.
-        return (Task, (self.batch_id, self.indices))
+        return (Task, (self.batch_id, self.indices, self.seed))
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +113,7 @@ class WorkerSetup:
 class _WorkerState:
     setup: WorkerSetup
     worker_id: int
+    is_process: bool
     info: Any
     init_error: _RemoteError | None = None
     stream_count: itertools.count = field(default_factory=itertools.count)
@@ -142,6 +145,27 @@ def _make_info(worker_id: int, num_workers: int, seed: int, dataset: Any) -> Any
     return WorkerInfo(id=worker_id, num_workers=num_workers, seed=seed, dataset=dataset)
 
 
+_MASK_64 = (1 << 64) - 1
+
+
+def mix_seed(*values: int) -> int:
+    """A 64-bit seed that depends on every value (splitmix64 steps); cheap and portable."""
+    h = 0x243F6A8885A308D3
+    for value in values:
+        h = (h ^ (value & _MASK_64)) + 0x9E3779B97F4A7C15 & _MASK_64
+        h = (h ^ (h >> 30)) * 0xBF58476D1CE4E5B9 & _MASK_64
+        h = (h ^ (h >> 27)) * 0x94D049BB133111EB & _MASK_64
+        h ^= h >> 31
+    return h
+
+
+def _reseed_for_batch(seed: int) -> None:
+    """Seeds random, torch and NumPy for one batch, whichever worker runs it."""
+    random.seed(seed)
+    torch.manual_seed(seed)
+    np.random.seed([seed & 0xFFFFFFFF, seed >> 32])
+
+
 def _seed_globals(seed: int, worker_id: int, base_seed: int) -> None:
     random.seed(seed)
     torch.manual_seed(seed)
@@ -163,7 +187,7 @@ def _die_with_parent() -> None:
 def _start(setup: WorkerSetup, worker_id: int, *, is_process: bool) -> None:
     seed = (setup.base_seed + worker_id) % 2**64
     info = _make_info(worker_id, setup.num_workers, seed, setup.spec.dataset)
-    state = _WorkerState(setup, worker_id, info)
+    state = _WorkerState(setup, worker_id, is_process, info)
     _local.state = state
     try:
         if is_process:
@@ -234,6 +258,8 @@ def run_task(task: Task) -> Result:
     if state.init_error is not None:
         return Result(task.batch_id, state.worker_id, Status.ERROR, state.init_error)
     try:
+        if state.is_process and task.seed is not None:
+            _reseed_for_batch(task.seed)
         batch = fetch_batch(state.setup.spec, task.indices)
         return Result(task.batch_id, state.worker_id, Status.OK, _outgoing(state, batch))
     except Exception as e:

@@ -21,7 +21,7 @@ from ._config import FetchMode, FetchSpec, LoaderConfig, WorkerKind
 from ._multiworker import MultiWorkerIter, StreamingIter
 from ._pool import WorkerPool
 from ._typing import T_co
-from ._worker import fetch_batch, next_iterable_batch
+from ._worker import fetch_batch, mix_seed, next_iterable_batch
 from .collate import default_collate, default_convert
 from .datasets import (
     batch_dataset_options,
@@ -141,6 +141,8 @@ class DataLoader(Generic[T_co]):
         self.drop_last = mode == "discard"
         self.last_batch = mode
         self.num_workers = num_workers
+        if prefetch_factor is None and num_workers > 0:
+            prefetch_factor = _DEFAULT_PREFETCH_FACTOR  # torch reports the default it uses
         self.prefetch_factor = prefetch_factor
         self.pin_memory = pin_memory
         self.pin_memory_device = pin_memory_device
@@ -174,8 +176,10 @@ class DataLoader(Generic[T_co]):
             pin_memory=pin_memory,
             pin_memory_device=pin_memory_device,
         )
-        self.multiprocessing_context = context if num_workers > 0 else None
+        # As in torch: None unless given; a start method name becomes its context.
+        self.multiprocessing_context = context if multiprocessing_context is not None else None
         self._pool: WorkerPool | None = None
+        self._pool_epochs = 0
         self._iterator: Callable[[], Any] = _no_iterator
 
     # -- construction -------------------------------------------------------------
@@ -278,12 +282,18 @@ class DataLoader(Generic[T_co]):
         if self._config.persistent_workers:
             if not reuse:
                 self._pool = WorkerPool(self._config, self._spec, base_seed)
+                self._pool_epochs = 0
             pool, owns = self._pool, False
+            epoch_seed = mix_seed(pool.base_seed, self._pool_epochs)
+            self._pool_epochs += 1
         else:
             pool, owns = WorkerPool(self._config, self._spec, base_seed), True
+            epoch_seed = mix_seed(base_seed, 0)
         if self._iterable:
             return StreamingIter(self._config, pool, owns_pool=owns)
-        return MultiWorkerIter(self._config, pool, iter(self._index_sampler), owns_pool=owns)
+        return MultiWorkerIter(
+            self._config, pool, iter(self._index_sampler), owns_pool=owns, epoch_seed=epoch_seed
+        )
 
     def __len__(self) -> int:
         if self._iterable:

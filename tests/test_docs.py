@@ -7,6 +7,9 @@ line before it, which must give a reason::
 
     <!-- skip: needs a GPU -->
 
+Code for other libraries (MXNet, Keras) is written as a ```{code-block} python
+directive: Sphinx highlights it, and it is not run here.
+
 Examples run in a fresh temporary directory (they may write files) and in a
 module registered under a real name, so classes they define pickle by
 reference into forked workers. Warnings are errors, as in the rest of the
@@ -33,16 +36,6 @@ _FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|~{3,})(?P<info>[^`]*)$"
 _SKIP = re.compile(r"^<!--\s*skip:(?P<reason>.*?)-->$")
 # The warning pin_memory=True gives where there is nothing to pin for; a GPU machine gives none.
 _MACHINE_DEPENDENT_WARNING = r"pin_memory=True but no accelerator is found"
-
-# README.md's opening example uses `dataset` for the reader's own dataset; that block is
-# outside the part of the README that documents the docs, so it is given a stand-in here.
-_PAGE_SETUP = {
-    "README.md": (
-        "import torch\n"
-        "from batchloader import TensorDataset\n"
-        "dataset = TensorDataset(torch.randn(256, 3), torch.randint(0, 2, (256,)))\n"
-    ),
-}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,9 +106,6 @@ def _run_page(page: pathlib.Path, blocks: list[Block]) -> None:
     module = types.ModuleType("docs_example_" + re.sub(r"\W", "_", name.removesuffix(".md")))
     sys.modules[module.__name__] = module
     try:
-        setup = _PAGE_SETUP.get(name)
-        if setup is not None:
-            exec(compile(setup, f"{name} (setup)", "exec"), module.__dict__)
         for block in blocks:
             if block.skip is None:
                 # Leading newlines make tracebacks point at the page's own line numbers.

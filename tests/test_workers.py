@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -204,3 +205,48 @@ def test_prefetch_factor_bounds_the_batches_in_flight():
     next(iterator)
     assert len(taken) <= 2 * 3 + 1
     iterator.close()
+
+
+class _Augmented(RangeDataset):
+    """Adds torch, NumPy and random noise to each sample: a random augmentation."""
+
+    def __getitem__(self, i):
+        import random
+
+        return [i, torch.rand(()).item(), float(np.random.rand()), random.random()]
+
+
+def _augmented_epochs(num_workers, *, seed=5, persistent=False):
+    loader = DataLoader(
+        _Augmented(24),
+        batch_size=3,
+        num_workers=num_workers,
+        persistent_workers=persistent,
+        generator=torch.Generator().manual_seed(seed),
+    )
+    epochs = [batches_as_lists(loader) for _ in range(2)]
+    if persistent:
+        loader.close()
+    return epochs
+
+
+def test_random_augmentations_are_reproducible_with_the_same_seed():
+    """Same generator seed, same augmented batches, whichever worker made each one."""
+    assert _augmented_epochs(2) == _augmented_epochs(2)
+
+
+def test_random_augmentations_do_not_depend_on_the_worker_count():
+    """One, two or three process workers give the same augmented batches."""
+    assert _augmented_epochs(1) == _augmented_epochs(2) == _augmented_epochs(3)
+
+
+def test_persistent_workers_augment_each_epoch_differently_but_reproducibly():
+    """A persistent pool gives new augmentations each epoch, the same on a rerun."""
+    first = _augmented_epochs(2, persistent=True)
+    assert first[0] != first[1]
+    assert first == _augmented_epochs(2, persistent=True)
+
+
+def test_different_seeds_give_different_augmentations():
+    """Another generator seed changes the augmentations."""
+    assert _augmented_epochs(2, seed=1) != _augmented_epochs(2, seed=2)

@@ -4,8 +4,9 @@ Usage::
 
     python -m batchloader._bench.measure '{"workload": "big", "loader": "ours", "num_workers": 2}'
 
-prints ``#pid <pid>``, ``#phase load`` when the measured epoch starts and
-``#phase end`` when it ends (the runner samples memory in between), then one
+prints ``#pid <pid>``, ``#phase load`` when the measured epoch starts,
+``#phase first`` at its first batch and ``#phase end`` when it ends (the
+runner samples memory in between, and at each marker), then one
 JSON line with the result (``"ok": false`` and the traceback if it failed).
 ``--serve`` reads one spec per line from stdin and measures each in a forked
 child (see :func:`serve`). The process sets nothing global: the runner
@@ -249,7 +250,7 @@ class _Epoch:
     checksum: Checksum
 
 
-def _epoch(loader: Any) -> _Epoch:
+def _epoch(loader: Any, on_first: Callable[[], None] | None = None) -> _Epoch:
     timeline = _Epoch(float("nan"), [], [], [], [], Checksum())
     checking = 0.0
     start = time.perf_counter()
@@ -257,6 +258,8 @@ def _epoch(loader: Any) -> _Epoch:
         arrived = time.perf_counter()
         timeline.arrivals.append(arrived - start - checking)
         timeline.wall.append(arrived - start)
+        if on_first is not None and len(timeline.arrivals) == 1:
+            on_first()  # on the benchmark's time, like checking
         timeline.checksum.add(batch)
         checking += time.perf_counter() - arrived
         timeline.cpu.append(time.process_time())
@@ -336,7 +339,7 @@ def measure(spec: Spec) -> dict[str, Any]:
         result.update(_first_batches(spec, dataset, collate))
     loader = _make_loader(spec, dataset, collate)
     _phase("load")
-    epoch = _epoch(loader)
+    epoch = _epoch(loader, on_first=lambda: _phase("first"))  # workers are alive: sample them
     _phase("end")
     _close(loader)
     result.update(_steady_state(epoch))

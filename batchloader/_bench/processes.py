@@ -136,7 +136,8 @@ class _Sampler(threading.Thread):
     @staticmethod
     def _others_cpu_s(pid: int) -> float:
         """Machine CPU seconds not used by the measured tree or by this runner."""
-        ours = _tree_cpu_s(psutil.Process(pid)) + _tree_cpu_s(psutil.Process())
+        runner = psutil.Process().cpu_times()  # this process alone: the tree is its descendant
+        ours = _tree_cpu_s(psutil.Process(pid)) + runner.user + runner.system
         return _machine_busy_s() - ours
 
     def start_phase(self) -> None:
@@ -187,6 +188,8 @@ def _read_session(lines: Iterator[str], sampler: _Sampler) -> dict[str, Any]:
                 sampler.pid = int(pid)
             case ["#phase", "load"]:
                 sampler.start_phase()
+            case ["#phase", "first"]:
+                sampler.sample()
             case ["#phase", "end"]:
                 sampler.end_phase()
             case ["#exit", code]:

@@ -6,6 +6,7 @@ import datetime
 import math
 import os
 import platform
+import statistics
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,6 +22,8 @@ _MB = 1 << 20
 # a per-sample cost in the main process would make it 4x.
 _CPU_GROWTH_LIMIT = 1.5
 _PERSISTENT_TTFB_LIMIT_S = 0.010
+# A cell whose runs saw other processes use more than this many cores is marked noisy.
+_NOISY_CORES = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,8 +148,21 @@ def _row(result: BenchResult, cell: CellResult) -> list[str]:
         _pair(cell, "cpu_per_batch_s", 1e3, 2),
         _pair(cell, "mem_main_uss", 1 / _MB, 0),
         _pair(cell, "mem_workers_uss", 1 / _MB, 0),
-        "ok" if not cell.problems else "FAILED",
+        _check_text(cell),
     ]
+
+
+def _others(runs: list[dict[str, Any]]) -> list[float]:
+    return [r["others_cpu_cores"] for r in runs if r.get("others_cpu_cores") is not None]
+
+
+def _check_text(cell: CellResult) -> str:
+    """'ok', or 'FAILED'; 'noisy' where other processes took a core share from the runs."""
+    if cell.problems:
+        return "FAILED"
+    others = _others([r for runs in cell.runs.values() for r in runs])
+    noisy = others and statistics.median(others) > _NOISY_CORES
+    return "ok, noisy" if noisy else "ok"
 
 
 _HEADER = [
@@ -171,6 +187,20 @@ def _reference_rows(result: BenchResult) -> list[list[str]]:
     return rows
 
 
+def _noise_line(result: BenchResult) -> str:
+    runs = [r for c in result.cells for rs in c.runs.values() for r in rs]
+    others = _others(runs)
+    load = " -> ".join(f"{x:.1f}" for x in result.load)
+    line = f"Machine: {os.cpu_count()} CPUs, load average {load} over the run."
+    if others:
+        line += (
+            f" Other processes used a median {statistics.median(others):.2f} cores "
+            f"(max {max(others):.2f}) during the measured epochs; 'noisy' marks cells "
+            f"where they used more than {_NOISY_CORES}."
+        )
+    return line
+
+
 def format_report(result: BenchResult) -> str:
     """The tables printed at the end of a run (Markdown, so docs can paste them)."""
     rows = [_row(result, c) for c in result.cells]
@@ -188,9 +218,7 @@ def format_report(result: BenchResult) -> str:
             [[t.name, _num(t.value, digits=3), ("≥ " if t.at_least else "≤ ") + f"{t.limit:g}", t.status] for t in targets(result)],
         ),
     ]  # fmt: skip
-    if result.load:
-        load = " -> ".join(f"{x:.1f}" for x in result.load)
-        parts.insert(2, f"Load average {load} on {os.cpu_count()} CPUs during the run.")
+    parts.insert(2, _noise_line(result))
     problems = [f"{c.cell.name}: {p}" for c in result.cells for p in c.problems]
     if problems:
         parts.append("Checks FAILED:\n" + "\n".join(f"  {p}" for p in problems))
@@ -204,6 +232,7 @@ def _medians(cell: CellResult, loader: str) -> dict[str, float | None]:
     keys = (
         "rate", "ttfb_s", "ttfb_cold_s", "ttfb_epoch2_s", "ttfb_persistent_epoch2_s",
         "cpu_per_batch_s", "mem_main_uss", "mem_main_pss", "mem_workers_uss", "mem_workers_pss",
+        "rate_with_checks", "others_cpu_cores",
     )  # fmt: skip
     return {key: cell.median(loader, key) for key in keys}
 
