@@ -15,12 +15,19 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 __all__ = ["main"]
 
-_DEMO_SAMPLES = 4_800
+_DEMO_SAMPLES = 9_600
 _DEMO_BATCH = 32
 _QUICK_REPEATS = 1
+_EXAMPLES = """examples:
+  python -m batchloader                                   the demo
+  python -m batchloader bench --quick                     about a minute
+  python -m batchloader bench --workloads big --repeats 3 one workload, for working on it
+  python -m batchloader bench --json run.json --plot run.png
+  python -m batchloader bench --from-json run.json        report a saved run again"""
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -74,7 +81,10 @@ def _bench(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    result = runner.run_bench(options)
+    if args.from_json:
+        result = report.from_json(json.loads(Path(args.from_json).read_text()))
+    else:
+        result = runner.run_bench(options)
     print(report.format_report(result))
     if args.json:
         Path(args.json).write_text(json.dumps(report.to_json(result), indent=1) + "\n")
@@ -85,10 +95,29 @@ def _bench(args: argparse.Namespace) -> int:
     return 0 if result.ok else 1
 
 
+_BENCH_OPTIONS: list[tuple[str, dict[str, Any]]] = [
+    ("--quick", {"action": "store_true", "help": "smaller datasets, one round, only the cells the targets need (~1 min)"}),
+    ("--workloads", {"metavar": "LIST", "type": lambda s: _csv(str, s), "help": "comma-separated subset of: tiny,cpu,big,io,jpeg,pad (default: all)"}),
+    ("--repeats", {"metavar": "N", "type": int, "help": "rounds of alternating runs; medians over them (default 3, or 1 with --quick)"}),
+    ("--workers", {"metavar": "LIST", "type": lambda s: _csv(int, s), "default": (2,), "help": "process worker counts to compare, comma-separated (default 2)"}),
+    ("--threads", {"metavar": "N", "type": int, "default": 8, "help": "thread workers in the io thread-pool cell (default 8)"}),
+    ("--json", {"metavar": "PATH", "help": "write every run, the medians and targets as JSON"}),
+    ("--plot", {"metavar": "PATH", "help": "draw one panel per workload (PNG, matplotlib)"}),
+    ("--cache-dir", {"metavar": "DIR", "type": Path, "help": "where generated JPEGs are kept (default ~/.cache/batchloader-bench)"}),
+    ("--exec-each", {"action": "store_true", "help": "a new interpreter per measurement instead of forking one that imported torch once (slower; main-process memory then includes torch's own pages)"}),
+    ("--from-json", {"metavar": "PATH", "help": "measure nothing: report (and --plot) a run saved earlier with --json"}),
+    ("--no-progress", {"action": "store_true", "help": "no progress bar"}),
+    # Hidden: the smallest sizes, so tests run end to end in seconds.
+    ("--smoke", {"action": "store_true", "help": argparse.SUPPRESS}),
+]  # fmt: skip
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m batchloader",
         description="A demo of batchloader, and a benchmark of it against torch.utils.data.DataLoader.",
+        epilog=_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     commands = parser.add_subparsers(dest="command", metavar="{demo,bench}")
     demo = commands.add_parser(
@@ -98,7 +127,6 @@ def _parser() -> argparse.ArgumentParser:
         "--samples", type=int, default=_DEMO_SAMPLES, help="samples to load (default %(default)s)"
     )
     demo.set_defaults(run=_demo)
-
     bench = commands.add_parser(
         "bench",
         help="measure our loader against torch's, alternating runs in fresh processes",
@@ -106,52 +134,8 @@ def _parser() -> argparse.ArgumentParser:
         "and prints medians, the ratio ours/torch, the plain-loop reference and the targets. "
         "Exit status 1 means a loader delivered wrong data.",
     )
-    bench.add_argument(
-        "--quick",
-        action="store_true",
-        help="smaller datasets, one round, only the cells the targets need (~1 min)",
-    )
-    bench.add_argument(
-        "--workloads",
-        type=lambda s: _csv(str, s),
-        help="comma-separated subset of: tiny,cpu,big,io,jpeg,pad (default: all)",
-    )
-    bench.add_argument(
-        "--repeats",
-        type=int,
-        help="rounds of alternating runs; medians over them (default 3, or 1 with --quick)",
-    )
-    bench.add_argument(
-        "--workers",
-        type=lambda s: _csv(int, s),
-        default=(2,),
-        help="process worker counts to compare, comma-separated (default 2)",
-    )
-    bench.add_argument(
-        "--threads",
-        type=int,
-        default=8,
-        help="thread workers in the io thread-pool cell (default 8)",
-    )
-    bench.add_argument(
-        "--json", metavar="PATH", help="write every run, the medians and targets as JSON"
-    )
-    bench.add_argument(
-        "--plot", metavar="PATH", help="draw one panel per workload (PNG, matplotlib)"
-    )
-    bench.add_argument(
-        "--cache-dir",
-        type=Path,
-        help="where generated JPEGs are kept (default ~/.cache/batchloader-bench)",
-    )
-    bench.add_argument(
-        "--exec-each",
-        action="store_true",
-        help="start a new interpreter per measurement instead of forking one that imported torch (slower, same results)",
-    )
-    bench.add_argument("--no-progress", action="store_true", help="no progress bar")
-    # Hidden: the smallest sizes, so tests run end to end in seconds.
-    bench.add_argument("--smoke", action="store_true", help=argparse.SUPPRESS)
+    for flag, kwargs in _BENCH_OPTIONS:
+        bench.add_argument(flag, **kwargs)
     bench.set_defaults(run=_bench)
     return parser
 

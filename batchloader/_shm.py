@@ -25,6 +25,7 @@ Knows nothing of loaders.
 from __future__ import annotations
 
 import itertools
+import math
 import mmap
 import os
 import secrets
@@ -41,6 +42,7 @@ __all__ = [
     "Receiver",
     "ShmFullError",
     "abandon",
+    "allocating",
     "empty",
     "enable_worker_allocation",
     "new_leases",
@@ -187,10 +189,15 @@ def _lease_slot(arena: _Arena, nbytes: int) -> int | None:
     return i
 
 
+def allocating() -> bool:
+    """Whether :func:`empty` puts large tensors in shared memory (in a process worker)."""
+    return _arena is not None
+
+
 def empty(shape: tuple[int, ...] | torch.Size, dtype: torch.dtype) -> torch.Tensor:
     """An uninitialised tensor; in a worker, large ones live in shared memory."""
-    numel = int(np.prod(shape, dtype=np.int64))
-    nbytes = numel * torch.empty((), dtype=dtype).element_size()
+    numel = math.prod(shape)
+    nbytes = numel * dtype.itemsize
     arena = _arena
     if arena is None or nbytes < _SHM_MIN_BYTES:
         return torch.empty(shape, dtype=dtype)

@@ -111,6 +111,8 @@ def _to_array(value: Any) -> np.ndarray:
 
 def _stack_out(tensors: Sequence[Any]) -> torch.Tensor | None:
     """The stacked batch's buffer, or None where ``torch.stack`` must allocate (or refuse) it."""
+    if not _shm.allocating():
+        return None  # outside a worker torch.stack's own allocation is the same, and cheaper
     first = tensors[0]
     for t in tensors:
         if not isinstance(t, torch.Tensor) or t.shape != first.shape or t.device.type != "cpu":
@@ -156,8 +158,31 @@ def _collate_tensors(batch: Sequence[torch.Tensor]) -> torch.Tensor:
 
 def _collate_arrays(batch: Sequence[np.ndarray]) -> torch.Tensor:
     _reject_str_obj(batch[0].dtype, "default_collate")
+    stacked = _stack_uniform(batch)
+    if stacked is not None:
+        return stacked
     tensors = [_from_numpy(a) if isinstance(a, np.ndarray) else torch.as_tensor(a) for a in batch]
     return _stack_tensors(tensors)
+
+
+def _stack_uniform(batch: Sequence[np.ndarray]) -> torch.Tensor | None:
+    """The common case in one NumPy copy: native arrays of one dtype and shape.
+
+    None for anything else (mixed dtypes promote as torch.stack does, elsewhere).
+    """
+    first = batch[0]
+    dtype, shape = first.dtype, first.shape
+    if not dtype.isnative or not all(
+        type(a) is np.ndarray and a.dtype == dtype and a.shape == shape for a in batch
+    ):
+        return None
+    try:
+        torch_dtype = torch.from_numpy(first[:0] if first.ndim else first.reshape(1)[:0]).dtype
+    except TypeError:
+        return None  # a dtype torch lacks: the general path raises torch's error
+    out = _shm.empty((len(batch), *shape), torch_dtype)
+    np.stack(batch, out=out.numpy())
+    return out
 
 
 def _collate_arrays_np(batch: Sequence[np.ndarray | torch.Tensor]) -> np.ndarray:

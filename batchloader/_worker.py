@@ -34,7 +34,6 @@ import torch
 from . import _shm
 from ._config import FetchMode, FetchSpec
 from ._errors import _RemoteError
-from .collate import default_convert
 from .datasets import check_batch
 
 __all__ = [
@@ -231,13 +230,19 @@ def fetch_batch(spec: FetchSpec, indices: Any) -> Any:
             samples = getitems(indices) if getitems else [dataset[i] for i in indices]
             return spec.collate_fn(samples)
         case FetchMode.GET_BATCH:
-            # What default_collate would give, without building the samples first.
-            return default_convert(dataset.get_batch(indices))
+            return _as_collated(dataset.get_batch(indices))
         case FetchMode.SINGLE:
             return spec.collate_fn(dataset[indices])
         case FetchMode.BATCH_DATASET:
             return spec.collate_fn(check_batch(dataset[indices], indices))
     raise RuntimeError(f"[INTERNAL ERROR] fetch_batch got mode {spec.mode}")
+
+
+def _as_collated(fields: Any) -> Any:
+    """What default_collate makes of the same samples: tensors, and a list for tuples."""
+    if isinstance(fields, tuple):
+        return [torch.as_tensor(f) if isinstance(f, np.ndarray) else f for f in fields]
+    return torch.as_tensor(fields) if isinstance(fields, np.ndarray) else fields
 
 
 def next_iterable_batch(spec: FetchSpec, iterator: Iterator[Any]) -> Any:

@@ -19,8 +19,9 @@ import torch
 
 from batchloader import DataLoader
 from batchloader.__main__ import main
-from batchloader._bench import measure, report, runner, workloads
-from batchloader._bench.measure import Checksum, Spec, label_hash
+from batchloader._bench import checks, measure, report, runner, workloads
+from batchloader._bench.checks import Checksum, label_hash
+from batchloader._bench.measure import Spec
 from batchloader._bench.runner import BenchOptions, BenchResult, Cell, CellResult
 
 pytestmark = pytest.mark.timeout(60)
@@ -90,7 +91,7 @@ def test_batched_tiny_dataset_holds_the_same_samples(cache_dir):
 def test_label_hash_formula_matches_the_running_hash():
     """The runner's closed form equals the measured hash of labels 0..n-1 in order."""
     for n in (1, 2, 65, 1000):
-        assert runner.expected_label_hash(n) == label_hash(range(n))
+        assert checks.expected_label_hash(n) == label_hash(range(n))
 
 
 def test_checksum_is_the_same_however_the_samples_are_batched():
@@ -145,7 +146,7 @@ def test_checks_catch_a_loader_that_delivers_wrong_data(monkeypatch, capsys, fau
     reference = _measure_in_process(monkeypatch, "plain")
     wrong = _measure_in_process(monkeypatch, "faulty", _faulty_factory(fault))
     count = workloads.WORKLOADS["tiny"].size("smoke")
-    problems = runner.check_run(wrong, count, reference["checksum"]["probe"])
+    problems = checks.check_run(wrong, count, reference["checksum"]["probe"])
     assert problems, f"a loader that does {fault!r} passed the checks"
 
 
@@ -155,12 +156,12 @@ def test_checks_pass_our_loader_and_torchs(monkeypatch, capsys):
     count = workloads.WORKLOADS["tiny"].size("smoke")
     for loader in ("ours", "torch"):
         result = _measure_in_process(monkeypatch, loader)
-        assert runner.check_run(result, count, reference["checksum"]["probe"]) == []
+        assert checks.check_run(result, count, reference["checksum"]["probe"]) == []
 
 
 def test_a_failed_run_is_reported_with_its_error():
     """A run that crashed is a check failure naming the error."""
-    problems = runner.check_run({"ok": False, "error": "KeyError: 3"}, 10, None)
+    problems = checks.check_run({"ok": False, "error": "KeyError: 3"}, 10, None)
     assert problems == ["failed: KeyError: 3"]
 
 
@@ -204,11 +205,20 @@ def test_report_table_shows_medians_ratios_and_targets():
 
 
 def test_report_json_round_trips():
-    """The JSON document is plain JSON with the cells, ratios and targets."""
-    document = json.loads(json.dumps(report.to_json(_synthetic_result())))
+    """The JSON document is strict JSON with the cells, ratios and targets."""
+    result = _synthetic_result()
+    result.cells[0].runs["ours"][0]["ttfb_s"] = float("nan")
+    document = json.loads(json.dumps(report.to_json(result), allow_nan=False))
     assert [cell["name"] for cell in document["cells"]] == ["tiny w0", "tiny w2"]
     assert document["cells"][0]["ratio"] == 2.0
     assert {t["status"] for t in document["targets"]} == {"pass"}
+
+
+def test_a_saved_run_reports_the_same_as_the_live_one():
+    """--from-json rebuilds a run whose report equals the original's."""
+    result = _synthetic_result()
+    document = json.loads(json.dumps(report.to_json(result)))
+    assert report.format_report(report.from_json(document)) == report.format_report(result)
 
 
 def test_plot_writes_a_png(tmp_path):

@@ -5,6 +5,7 @@ Private: the command line and ``benchmarks/run.py`` are its interface.
 * :mod:`.workloads` holds the datasets, deterministic and picklable;
 * :mod:`.measure` makes one measurement in a fresh process and prints one JSON line;
 * :mod:`.processes` starts those processes and samples their memory from outside;
+* :mod:`.checks` keeps what a loader delivered and says whether it is right;
 * :mod:`.runner` plans the runs, alternates the loaders, checks what they delivered
   and takes medians;
 * :mod:`.report` prints the tables, writes the JSON and draws the plot.

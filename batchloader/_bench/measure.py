@@ -5,8 +5,8 @@ Usage::
     python -m batchloader._bench.measure '{"workload": "big", "loader": "ours", "num_workers": 2}'
 
 prints ``#pid <pid>``, ``#phase load`` when the measured epoch starts,
-``#phase first`` at its first batch and ``#phase end`` when it ends (the
-runner samples memory in between, and at each marker), then one
+``#phase sample`` at its first and middle batches and ``#phase end`` when it
+ends (the runner samples memory at each marker and in between), then one
 JSON line with the result (``"ok": false`` and the traceback if it failed).
 ``--serve`` reads one spec per line from stdin and measures each in a forked
 child (see :func:`serve`). The process sets nothing global: the runner
@@ -29,30 +29,24 @@ loop ``collate([ds[i] for i in batch])`` in one process, with torch's
 from __future__ import annotations
 
 import dataclasses
-import functools
 import gc
 import json
 import os
 import sys
 import time
 import traceback
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from . import workloads
+from .checks import Checksum, leaves
 
-__all__ = ["LOADERS", "Checksum", "Spec", "label_hash", "main", "measure"]
+__all__ = ["LOADERS", "Spec", "main", "measure", "serve"]
 
-# Elements probed per sample and array: enough to catch a wrong or stale sample,
-# few enough that the check costs the consumer microseconds, not a pass over the data.
-_PROBES = 4
-_HASH_MOD = (1 << 61) - 1
-# Probe weights are 64 + (label mod 64): distinct for neighbouring samples, exact in float64.
-_WEIGHT_MASK = 63
 # The first tenth of an epoch is warm-up: workers start and the prefetch window fills.
 _WARMUP_FRACTION = 0.1
 _MEMCPY_REPEATS = 8
@@ -99,73 +93,6 @@ class Spec:
         return cls(**json.loads(text))
 
 
-def label_hash(labels: Iterable[int], start: int = 0) -> int:
-    """The order-sensitive hash of labels delivered at positions ``start, start+1, ...``."""
-    total = 0
-    for position, label in enumerate(labels, start):
-        total = (total + (position + 1) * int(label)) % _HASH_MOD
-    return total
-
-
-def _leaves(obj: Any) -> Iterator[Any]:
-    if isinstance(obj, list | tuple):
-        for item in obj:
-            yield from _leaves(item)
-    else:
-        yield obj
-
-
-def _as_array(value: Any) -> np.ndarray:
-    """A NumPy view of a CPU tensor or array; ``Tensor.numpy()`` is the cheapest way there."""
-    if isinstance(value, np.ndarray):
-        return value
-    to_numpy = getattr(value, "numpy", None)
-    return to_numpy() if callable(to_numpy) else np.asarray(value)
-
-
-@functools.cache
-def _offsets(n: int) -> np.ndarray:
-    return np.arange(n, dtype=np.int64)
-
-
-@dataclass(slots=True)
-class Checksum:
-    """What a loader delivered: sample count, an order-sensitive label hash, probed data.
-
-    Every batch is ``(..., labels)`` with ``labels`` the sample indices. The
-    probe adds up to ``_PROBES`` evenly spaced elements of every sample of
-    every other array, weighted by its label (data beside the wrong label
-    changes it; how samples are batched does not); ``cpu_s`` is the main
-    thread's CPU time spent checking.
-    """
-
-    count: int = 0
-    labels: int = 0
-    probe: float = 0.0
-    cpu_s: float = 0.0
-    sizes: list[int] = field(default_factory=list)
-
-    def add(self, batch: Any) -> None:
-        start = time.thread_time()
-        labels = _as_array(batch[-1]).astype(np.int64, copy=False)
-        # sum((count + 1 + k) * label_k) without a per-batch arange
-        offsets = _offsets(len(labels))
-        step = (self.count + 1) * int(labels.sum()) + int(offsets @ labels)
-        self.labels = (self.labels + step) % _HASH_MOD
-        weights = (labels & _WEIGHT_MASK) + float(_WEIGHT_MASK + 1)
-        for leaf in _leaves(batch[:-1]):
-            rows = _as_array(leaf).reshape(len(labels), -1)
-            stride = max(1, (rows.shape[1] - 1) // (_PROBES - 1))
-            per_row = rows[:, ::stride].sum(axis=1, dtype=np.float64)
-            self.probe += float(per_row @ weights)
-        self.count += len(labels)
-        self.sizes.append(len(labels))
-        self.cpu_s += time.thread_time() - start
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"count": self.count, "labels": self.labels, "probe": self.probe}
-
-
 class PlainLoop:
     """The physical reference: ``collate([ds[i] for i in batch])``, in this process."""
 
@@ -174,6 +101,9 @@ class PlainLoop:
     ):
         self.dataset, self.collate, self.batch_size = dataset, collate, batch_size
         self.sampler = range(len(dataset)) if sampler is None else sampler
+
+    def __len__(self) -> int:
+        return -(-len(self.sampler) // self.batch_size)
 
     def __iter__(self) -> Iterator[Any]:
         indices = list(self.sampler)
@@ -250,7 +180,8 @@ class _Epoch:
     checksum: Checksum
 
 
-def _epoch(loader: Any, on_first: Callable[[], None] | None = None) -> _Epoch:
+def _epoch(loader: Any, marks: Callable[[int], None] | None = None) -> _Epoch:
+    """Iterates one epoch; ``marks(k)`` runs after batch ``k`` arrives, on the benchmark's time."""
     timeline = _Epoch(float("nan"), [], [], [], [], Checksum())
     checking = 0.0
     start = time.perf_counter()
@@ -258,8 +189,8 @@ def _epoch(loader: Any, on_first: Callable[[], None] | None = None) -> _Epoch:
         arrived = time.perf_counter()
         timeline.arrivals.append(arrived - start - checking)
         timeline.wall.append(arrived - start)
-        if on_first is not None and len(timeline.arrivals) == 1:
-            on_first()  # on the benchmark's time, like checking
+        if marks is not None:
+            marks(len(timeline.arrivals) - 1)
         timeline.checksum.add(batch)
         checking += time.perf_counter() - arrived
         timeline.cpu.append(time.process_time())
@@ -329,6 +260,25 @@ def _phase(name: str) -> None:
     _emit(f"#phase {name}")
 
 
+def _sample_marks(loader: Any) -> Callable[[int], None]:
+    """Asks the runner for a memory sample at the first and the middle batch.
+
+    Workers are alive then, and the middle is steady state: every run gets
+    those samples, however short, while the periodic ones can stay rare.
+    """
+    try:
+        batches = len(loader)
+    except TypeError:  # a loader without a length gets the first-batch sample only
+        batches = 0
+    at = {0, batches // 2}
+
+    def mark(k: int) -> None:
+        if k in at:
+            _phase("sample")
+
+    return mark
+
+
 def measure(spec: Spec) -> dict[str, Any]:
     """Runs one measurement in this process; returns the result as a JSON-ready dict."""
     cache_dir = Path(spec.cache_dir) if spec.cache_dir else workloads.default_cache_dir()
@@ -339,7 +289,7 @@ def measure(spec: Spec) -> dict[str, Any]:
         result.update(_first_batches(spec, dataset, collate))
     loader = _make_loader(spec, dataset, collate)
     _phase("load")
-    epoch = _epoch(loader, on_first=lambda: _phase("first"))  # workers are alive: sample them
+    epoch = _epoch(loader, _sample_marks(loader))
     _phase("end")
     _close(loader)
     result.update(_steady_state(epoch))
@@ -352,7 +302,7 @@ def measure(spec: Spec) -> dict[str, Any]:
         load=os.getloadavg()[0],
     )
     if spec.memcpy:
-        sample_bytes = sum(np.asarray(leaf).nbytes for leaf in _leaves(dataset[0][:-1]))
+        sample_bytes = sum(np.asarray(leaf).nbytes for leaf in leaves(dataset[0][:-1]))
         result["memcpy_bytes_per_s"] = _memcpy_bandwidth(sample_bytes * spec.effective_batch_size)
     return result
 

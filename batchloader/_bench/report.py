@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import math
 import os
@@ -13,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from . import workloads
-from .runner import BenchResult, Cell, CellResult, paired_ratio
+from .runner import BenchOptions, BenchResult, Cell, CellResult, paired_ratio
 
-__all__ = ["Target", "format_report", "plot", "targets", "to_json"]
+__all__ = ["Target", "format_report", "from_json", "plot", "targets", "to_json"]
 
 _MB = 1 << 20
 # Growth allowed in main-process CPU per batch from batch 8 to the workload's 32:
@@ -276,16 +277,46 @@ def to_json(result: BenchResult) -> dict[str, Any]:
         for name, runs in result.references.items()
     }
     found = [{**asdict(t), "status": t.status} for t in targets(result)]
-    return {
+    document = {
         "meta": _meta(result),
         "ok": result.ok,
         "cells": cells,
         "references": references,
         "targets": found,
     }
+    return _finite(document)
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with NaN and infinities as None: strict JSON readers reject them."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
+def from_json(document: dict[str, Any]) -> BenchResult:
+    """Rebuilds a run from :func:`to_json`'s document, to report or plot it again."""
+    saved = document["meta"]["options"]
+    options = BenchOptions(
+        **{**saved, "workloads": tuple(saved["workloads"]), "workers": tuple(saved["workers"]),
+           "cache_dir": Path(saved["cache_dir"])}
+    )  # fmt: skip
+    fields = {f.name for f in dataclasses.fields(Cell)}
+    cells = [
+        CellResult(Cell(**{k: v for k, v in c.items() if k in fields}), c["runs"], c["problems"])
+        for c in document["cells"]
+    ]
+    references = {name: ref["runs"] for name, ref in document["references"].items()}
+    return BenchResult(options, cells, references, document["meta"].get("load_average", []))
 
 
 def _panel(ax: Any, result: BenchResult, name: str) -> None:
+    from matplotlib.ticker import EngFormatter
+
     cells = [c for c in result.cells if c.cell.workload == name]
     xs = range(len(cells))
     width = 0.38
@@ -311,6 +342,7 @@ def _panel(ax: Any, result: BenchResult, name: str) -> None:
     ax.set_title(f"{name}: {workloads.WORKLOADS[name].summary}", fontsize=8)
     ax.set_xticks(list(xs), [c.cell.name.removeprefix(name + " ") for c in cells], fontsize=7)
     ax.tick_params(axis="y", labelsize=7)
+    ax.yaxis.set_major_formatter(EngFormatter(sep=""))  # 200k, 1M: no offset text over the title
     ax.set_ylabel("samples/s", fontsize=7)
     ax.margins(y=0.15)
 

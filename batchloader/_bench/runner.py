@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from . import workloads as wl
+from .checks import check_run
 from .measure import Spec
 from .processes import Measurer
 
@@ -28,16 +29,11 @@ __all__ = [
     "BenchResult",
     "Cell",
     "CellResult",
-    "check_run",
-    "expected_label_hash",
     "paired_ratio",
     "plan",
     "run_bench",
 ]
 
-# Two probes differing by more than this (relative) mean different data was delivered.
-_PROBE_RTOL = 1e-9
-_HASH_MOD = (1 << 61) - 1
 _THREADS = 8
 _LOADERS = ("ours", "torch")
 
@@ -99,6 +95,8 @@ class BenchOptions:
             raise ValueError(f"repeats must be at least 1; got {self.repeats}")
         if not self.workers or any(w < 1 for w in self.workers):
             raise ValueError(f"workers must be counts of at least 1; got {self.workers}")
+        if self.threads < 1:
+            raise ValueError(f"threads must be at least 1; got {self.threads}")
 
 
 def _workload_cells(name: str, workers: tuple[int, ...], quick: bool, threads: int) -> list[Cell]:
@@ -159,26 +157,6 @@ def _jobs(cells: list[Cell], options: BenchOptions) -> list[_Job]:
 # --- checks and summary ------------------------------------------------------------------------
 
 
-def expected_label_hash(n: int) -> int:
-    """The label hash of samples ``0..n-1`` in order: sum of (p + 1) * p over positions p."""
-    return ((n - 1) * n * (n + 1) // 3) % _HASH_MOD
-
-
-def check_run(result: dict[str, Any], count: int, probe: float | None) -> list[str]:
-    """What is wrong with what one run delivered; an empty list when nothing is."""
-    if not result.get("ok"):
-        return [f"failed: {result.get('error', 'unknown error')}"]
-    got = result["checksum"]
-    problems = []
-    if got["count"] != count:
-        problems.append(f"delivered {got['count']} samples, expected {count}")
-    if got["labels"] != expected_label_hash(count):
-        problems.append("samples missing, repeated or out of order (label hash differs)")
-    if probe is not None and abs(got["probe"] - probe) > _PROBE_RTOL * max(1.0, abs(probe)):
-        problems.append(f"data differs from the reference (probe {got['probe']!r} != {probe!r})")
-    return problems
-
-
 def _median(runs: list[dict[str, Any]], key: str) -> float | None:
     values = [r[key] for r in runs if r.get("ok") and r.get(key) is not None]
     return statistics.median(values) if values else None
@@ -196,7 +174,7 @@ def paired_ratio(
     ratios = [
         a["rate"] / b["rate"]
         for a, b in zip(numerators, denominators, strict=False)
-        if a.get("ok") and b.get("ok") and b["rate"] > 0
+        if a.get("ok") and b.get("ok") and a.get("rate") is not None and b.get("rate")
     ]
     return statistics.median(ratios) if ratios else None
 

@@ -38,8 +38,8 @@ __all__ = [
 
 SIZES = ("full", "quick", "smoke")
 
-# Work per cpu sample: this many tanh passes over 2048 floats is ~0.5 ms on a 2020s core.
-_CPU_ITERS = 14
+# Work per cpu sample: this many tanh passes over 2048 floats take ~0.5 ms on an idle 2020s core.
+_CPU_ITERS = 80
 _CPU_FLOATS = 2048
 _IMAGE_SHAPE = (3, 224, 224)
 # Latency of one io sample: a network or disk read, the regime where threads win.
