@@ -80,6 +80,14 @@ class DistributedSampler(_EpochState, Sampler[int]):
     def __len__(self) -> int:
         return self.num_samples
 
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose permutation the next iteration yields.
+
+        Any integer, negative included, as torch accepts: the shuffle is seeded
+        with ``seed + epoch``.
+        """
+        self.epoch = _check_int("epoch", epoch)
+
 
 def _from_group(name: str, value: int | None) -> object:
     if value is not None:

@@ -172,6 +172,8 @@ def _stack_uniform(batch: Sequence[np.ndarray]) -> torch.Tensor | None:
     """
     first = batch[0]
     dtype, shape = first.dtype, first.shape
+    if first.nbytes * len(batch) >= _PARALLEL_COPY_BYTES and torch.get_num_threads() > 1:
+        return None  # torch.stack copies a large batch with all its threads; NumPy uses one
     if not dtype.isnative or not all(
         type(a) is np.ndarray and a.dtype == dtype and a.shape == shape for a in batch
     ):
@@ -194,6 +196,9 @@ def _collate_arrays_np(batch: Sequence[np.ndarray | torch.Tensor]) -> np.ndarray
 def _unchanged(batch: Sequence[Any]) -> Sequence[Any]:
     return batch
 
+
+# From this size torch.stack's multi-threaded copy beats one NumPy copy (when torch has threads).
+_PARALLEL_COPY_BYTES = 1 << 20
 
 _NUMPY_SCALARS = (np.bool_, np.number, np.object_)
 

@@ -793,3 +793,12 @@ def test_repr_shows_the_rollover_carry():
     batches = BatchSampler(range(5), 2, last_batch="rollover")
     list(batches)
     assert "carried=[4]" in repr(batches)
+
+
+def test_distributed_sampler_accepts_a_negative_epoch_like_torch():
+    """set_epoch(-1) is allowed and shuffles exactly as torch's does."""
+    ours = DistributedSampler(5, num_replicas=2, rank=0)
+    theirs = tud.DistributedSampler(range(5), num_replicas=2, rank=0)
+    ours.set_epoch(-1)
+    theirs.set_epoch(-1)
+    assert list(ours) == list(theirs)
