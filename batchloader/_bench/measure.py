@@ -65,6 +65,7 @@ class Spec:
     batched: bool = False  # read the workload's batched-fetch (ArrayDataset) form
     latency: bool = True  # with workers, also time first batches (step 1 above)
     memcpy: bool = False  # also measure memcpy bandwidth for one batch's bytes
+    scaling: bool = False  # also run the plain loop in two processes at once
     cache_dir: str = ""
 
     def __post_init__(self) -> None:
@@ -304,7 +305,46 @@ def measure(spec: Spec) -> dict[str, Any]:
     if spec.memcpy:
         sample_bytes = sum(np.asarray(leaf).nbytes for leaf in leaves(dataset[0][:-1]))
         result["memcpy_bytes_per_s"] = _memcpy_bandwidth(sample_bytes * spec.effective_batch_size)
+    if spec.scaling:
+        result["plain_2proc_rate"] = _two_process_rate(dataset, collate, spec.effective_batch_size)
     return result
+
+
+def _plain_half(dataset: Any, collate: Any, batch_size: int, half: range, out: Any) -> None:
+    start = time.perf_counter()
+    for _ in PlainLoop(dataset, collate or _default_collate(), batch_size, half):
+        pass
+    out.send((start, time.perf_counter()))
+
+
+def _default_collate() -> Callable[[list[Any]], Any]:
+    import torch.utils.data
+
+    return torch.utils.data.default_collate
+
+
+def _two_process_rate(dataset: Any, collate: Any, batch_size: int) -> float:
+    """Samples/s of the plain loop run in two processes at once, each on half the data.
+
+    What this machine gives two CPU-bound processes with no loader at all: the
+    ceiling for any loader's two-worker speed-up.
+    """
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    n = len(dataset)
+    halves = (range(n // 2), range(n // 2, n))
+    pipes = [ctx.Pipe(duplex=False) for _ in halves]
+    procs = [
+        ctx.Process(target=_plain_half, args=(dataset, collate, batch_size, half, w))
+        for half, (_, w) in zip(halves, pipes, strict=True)
+    ]
+    for p in procs:
+        p.start()
+    spans = [r.recv() for r, _ in pipes]
+    for p in procs:
+        p.join()
+    return n / (max(end for _, end in spans) - min(start for start, _ in spans))
 
 
 def _run_one(text: str) -> int:

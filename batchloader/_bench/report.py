@@ -177,12 +177,14 @@ def _reference_rows(result: BenchResult) -> list[list[str]]:
     for name in result.options.workloads:
         workload = workloads.WORKLOADS[name]
         memcpy = result.reference(name, "memcpy_bytes_per_s")
+        plain, two = result.reference(name), result.reference(name, "plain_2proc_rate")
         rows.append([
             name,
             workload.summary,
             str(workload.batch_size),
             f"{workload.size(result.options.size):,}",
-            _num(result.reference(name)),
+            _num(plain),
+            f"{_num(two)} ({two / plain:.2f}x)" if two and plain else "-",
             f"{memcpy / 1e9:.1f} GB/s" if memcpy else "-",
         ])  # fmt: skip
     return rows
@@ -211,7 +213,8 @@ def format_report(result: BenchResult) -> str:
         f"{pairs}{result.options.repeats} alternating runs; ratios are medians of each round's "
         "ratio; MB is peak USS (private memory: shared pages count for nobody).",
         _table(
-            ["workload", "what", "batch", "samples", "plain loop samples/s", "memcpy"],
+            ["workload", "what", "batch", "samples", "plain loop samples/s",
+             "plain loop, 2 processes", "memcpy"],
             _reference_rows(result),
         ),
         _table(

@@ -69,6 +69,7 @@ class Cell:
             batch_size=self.batch_size,
             batched=self.batched and loader == "ours",
             memcpy=loader == "plain" and self.workload == "big",
+            scaling=loader == "plain" and self.workload == "cpu",
             cache_dir=str(options.cache_dir),
         )
 
