@@ -91,11 +91,10 @@ class _BaseIter:
 
     def _begin(self, start: Any) -> None:
         """Enters RUNNING by calling ``start``; if it fails, closes an owned pool."""
+        self._state = _State.RUNNING
         try:
-            self._state = _State.RUNNING
             start()
         except BaseException:
-            self._state = _State.RUNNING
             self._leave(_State.FAILED)
             raise
 

@@ -79,10 +79,8 @@ def _free_lock(lock: Any) -> None:
     """Leaves a queue lock released, even if a killed worker died holding it."""
     if lock is None:
         return
-    if lock.acquire(False):
-        lock.release()
-    else:
-        lock.release()
+    lock.acquire(False)  # taken now, or still held by a dead worker: released either way
+    lock.release()
 
 
 class WorkerPool:

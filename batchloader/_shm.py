@@ -80,11 +80,9 @@ class _ShmArray:
 
 @dataclass(frozen=True, slots=True)
 class _InlineArray:
-    """A small tensor or array carried by value as a NumPy array."""
+    """A small tensor carried by value as a NumPy array; arrives as a tensor again."""
 
     array: np.ndarray
-    dtype: str
-    kind: str
 
 
 @dataclass(slots=True)
@@ -233,7 +231,7 @@ def _pack_tensor(t: torch.Tensor) -> Any:
     if t.nbytes < _SHM_MIN_BYTES or arena is None:
         if t.dtype == torch.bfloat16 or t.is_shared():
             return t  # numpy has no bfloat16; shared ones go by torch's own sharing
-        return _InlineArray(t.numpy(), str(t.dtype), "torch")
+        return _InlineArray(t.numpy())
     copy = empty(tuple(t.shape), t.dtype)
     copy.copy_(t)
     return _pack_tensor(copy)

@@ -179,7 +179,7 @@ def _stack_uniform(batch: Sequence[np.ndarray]) -> torch.Tensor | None:
     ):
         return None
     try:
-        torch_dtype = torch.from_numpy(first[:0] if first.ndim else first.reshape(1)[:0]).dtype
+        torch_dtype = torch.from_numpy(first.reshape(-1)[:0]).dtype
     except TypeError:
         return None  # a dtype torch lacks: the general path raises torch's error
     out = _shm.empty((len(batch), *shape), torch_dtype)

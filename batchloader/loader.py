@@ -13,6 +13,7 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Generic
 
+import numpy as np
 import torch
 import torch.utils.data
 
@@ -52,11 +53,9 @@ def _has_numeric_get_batch(dataset: Any) -> bool:
     """Whether ``dataset.get_batch`` can stand in for default_collate (no str/object arrays)."""
     if not callable(getattr(dataset, "get_batch", None)):
         return False
-    arrays = getattr(dataset, "arrays", ())
-    return all(
-        getattr(getattr(a, "dtype", None), "hasobject", False) is False
-        and getattr(getattr(a, "dtype", None), "kind", "f") not in "OSU"
-        for a in arrays
+    return not any(
+        isinstance(a, np.ndarray) and (a.dtype.hasobject or a.dtype.kind in "SU")
+        for a in getattr(dataset, "arrays", ())
     )
 
 

@@ -187,3 +187,14 @@ def test_loader_does_not_keep_an_abandoned_epoch_alive(no_leaks):
 
     gc.collect()
     assert loader is not None
+
+
+def test_unclosed_persistent_loader_warns_resource_warning(no_leaks):
+    """Dropping a persistent loader without close() warns, then stops its pool."""
+    import gc
+
+    loader = DataLoader(RangeDataset(8), batch_size=4, num_workers=2, persistent_workers=True)
+    assert len(list(loader)) == 2
+    with pytest.warns(ResourceWarning, match="never closed"):
+        del loader
+        gc.collect()

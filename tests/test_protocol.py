@@ -190,3 +190,18 @@ def test_iterator_whose_sampler_fails_at_start_closes_its_pool():
     with pytest.raises(OSError, match="index file vanished"):
         MultiWorkerIter(_config(), pool, broken_sampler(), owns_pool=True)
     assert pool.closed
+
+
+def test_quiet_pool_maintenance_thread_does_not_wait_on_results():
+    """The pool's maintenance thread wakes for its notifier only, not for each result."""
+    import multiprocessing
+
+    from batchloader._pool import _QuietPool
+
+    pool = _QuietPool(1, context=multiprocessing.get_context("fork"))
+    try:
+        assert pool._get_sentinels() == [pool._change_notifier._reader]
+        assert pool._outqueue._reader not in pool._get_sentinels()
+    finally:
+        pool.terminate()
+        pool.join()
