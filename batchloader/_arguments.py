@@ -6,8 +6,6 @@ received and what is allowed. Messages follow torch's where torch has one.
 
 from __future__ import annotations
 
-import multiprocessing
-import multiprocessing.context
 from typing import Any
 
 import torch
@@ -17,12 +15,10 @@ __all__ = [
     "check_callables",
     "check_generator",
     "check_workers",
-    "resolve_context",
     "resolve_last_batch",
 ]
 
 _LAST_BATCH_MODES = ("keep", "discard", "rollover")
-_START_METHODS = ("fork", "spawn", "forkserver")
 
 
 def _is_int(value: Any) -> bool:
@@ -35,11 +31,13 @@ def check_workers(
     """Checks the arguments that size and pace the workers."""
     if not _is_int(num_workers) or num_workers < 0:
         raise ValueError(
-            f"num_workers option should be a non-negative integer, got num_workers={num_workers!r}; "
-            "use num_workers=0 to disable multiprocessing"
+            "num_workers option should be non-negative; use num_workers=0 to disable "
+            f"multiprocessing. Got num_workers={num_workers!r} (a non-negative integer is needed)"
         )
     if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout < 0:
-        raise ValueError(f"timeout option should be a non-negative number, got timeout={timeout!r}")
+        raise ValueError(
+            f"timeout option should be non-negative, got timeout={timeout!r} (a number of seconds)"
+        )
     if num_workers == 0 and prefetch_factor is not None:
         raise ValueError(
             f"prefetch_factor={prefetch_factor!r} needs workers: prefetch_factor option could only "
@@ -110,11 +108,18 @@ def check_batching(
             f"and sampler={sampler!r}"
         )
     if batch_sampler is not None:
-        if batch_size != 1 or shuffle or sampler is not None or drop_last or last_batch is not None:
+        if (
+            batch_size != 1
+            or shuffle
+            or sampler is not None
+            or drop_last
+            or last_batch not in (None, _batch_sampler_mode(batch_sampler))
+        ):
             raise ValueError(
                 "batch_sampler option is mutually exclusive with batch_size, shuffle, sampler, "
-                f"drop_last and last_batch; got batch_size={batch_size!r}, shuffle={shuffle!r}, "
-                f"sampler={sampler!r}, drop_last={drop_last!r}, last_batch={last_batch!r}"
+                f"and drop_last (and last_batch, unless it is the batch sampler's own); got "
+                f"batch_size={batch_size!r}, shuffle={shuffle!r}, sampler={sampler!r}, "
+                f"drop_last={drop_last!r}, last_batch={last_batch!r}"
             )
     elif batch_size is None and (drop_last or last_batch not in (None, "keep")):
         raise ValueError(
@@ -123,27 +128,12 @@ def check_batching(
         )
 
 
-def resolve_context(context: Any, num_workers: int) -> multiprocessing.context.BaseContext:
-    """The multiprocessing context to start workers with; 'fork' unless told."""
-    if context is None:
-        return multiprocessing.get_context("fork")
-    if num_workers == 0:
-        raise ValueError(
-            "multiprocessing_context can only be used with multi-process loading "
-            f"(num_workers > 0), but got num_workers=0 and multiprocessing_context={context!r}"
-        )
-    if isinstance(context, str):
-        if context not in _START_METHODS:
-            raise ValueError(
-                f"multiprocessing_context should be one of {_START_METHODS}, got {context!r}"
-            )
-        return multiprocessing.get_context(context)
-    if isinstance(context, multiprocessing.context.BaseContext):
-        return context
-    raise TypeError(
-        "multiprocessing_context should be a start method name or a multiprocessing context, "
-        f"got {type(context).__qualname__}"
-    )
+def _batch_sampler_mode(batch_sampler: Any) -> str:
+    """What a batch sampler does with a short last batch, as a last_batch value."""
+    mode = getattr(batch_sampler, "last_batch", None)
+    if mode in _LAST_BATCH_MODES:
+        return mode
+    return "discard" if getattr(batch_sampler, "drop_last", False) is True else "keep"
 
 
 def check_callables(**values: Any) -> None:

@@ -4,7 +4,9 @@ Both iterators share one state machine::
 
     RUNNING ──last batch handed out──────────────► EXHAUSTED
        │
-       ├──worker error / timeout / dead worker───► FAILED
+       ├──error in one batch: raised, stays RUNNING
+       │
+       ├──worker_init_fn error / timeout / dead worker─► FAILED
        │
        └──close() (also from EXHAUSTED, FAILED)──► CLOSED
 
@@ -12,8 +14,9 @@ Leaving RUNNING releases every batch not handed out and, when the iterator
 owns its pool (``persistent_workers=False``), shuts the pool down.
 
 Seeding (map-style): batch ``b`` of an epoch is made after the worker reseeds
-``random``, torch and NumPy from ``(epoch seed, b)``, so random augmentations
-do not depend on which worker, or how many workers, made the batch.
+``random``, torch and NumPy from ``(epoch seed, b)`` (below 2**63), so random
+augmentations do not depend on which worker, or how many workers, made the
+batch. A generator that ``worker_init_fn`` seeded is left to the user.
 
 Bounded buffer (map-style): batches in flight plus batches waiting in the
 reorder buffer never exceed ``prefetch_factor * num_workers``, and every batch
@@ -35,7 +38,7 @@ from . import _shm
 from ._config import LoaderConfig
 from ._errors import LoaderTimeoutError, _RemoteError
 from ._pool import WorkerPool
-from ._worker import Result, Status, Task, mix_seed
+from ._worker import Result, Status, Task, batch_seed
 
 __all__ = ["MultiWorkerIter", "StreamingIter"]
 
@@ -81,13 +84,13 @@ class _BaseIter:
         )
         try:
             result = self._next_result()
-            if result is not None:
-                return self._deliver(*result)
         except BaseException:
             self._leave(_State.FAILED)
             raise
-        self._leave(_State.EXHAUSTED)
-        raise StopIteration
+        if result is None:
+            self._leave(_State.EXHAUSTED)
+            raise StopIteration
+        return self._deliver(*result)
 
     def _begin(self, start: Any) -> None:
         """Enters RUNNING by calling ``start``; if it fails, closes an owned pool."""
@@ -102,15 +105,30 @@ class _BaseIter:
         raise NotImplementedError
 
     def _deliver(self, result: Result, indices: Any) -> Any:
-        if result.status is Status.ERROR:
+        """Hands out one batch, or raises its error.
+
+        As in torch, an error while loading one batch is raised for that
+        batch and the epoch goes on: the next ``next()`` returns the batch
+        after it. A worker that could not start (``worker_init_fn`` failed)
+        ends the epoch.
+        """
+        if result.status is not Status.OK:
             where = "" if indices is None else f", indices {_show(indices)}"
-            raise result.payload.rebuild(
+            error = result.payload.rebuild(
                 f"Raised in DataLoader worker {result.worker_id} "
                 f"while loading batch {result.batch_id}{where}."
             )
-        self.batches_yielded += 1
+            if result.status is Status.FATAL:
+                self._leave(_State.FAILED)
+            raise error
         receiver = self._pool.receiver
-        return result.payload if receiver is None else receiver.unpack(result.payload)
+        try:
+            batch = result.payload if receiver is None else receiver.unpack(result.payload)
+        except BaseException:
+            self._leave(_State.FAILED)
+            raise
+        self.batches_yielded += 1
+        return batch
 
     def _check(self) -> None:
         """Called on every idle poll: are the workers alive, has time run out?"""
@@ -147,6 +165,17 @@ class _BaseIter:
     def close(self) -> None:
         """Stops the epoch early and releases everything; idempotent."""
         self._leave(_State.CLOSED)
+
+    def adopt_pool(self) -> bool:
+        """Takes over a persistent pool whose loader is gone: closes it when the epoch ends.
+
+        Returns False if this epoch has already ended (the caller closes the pool).
+        """
+        with self._lock:
+            if self._state is not _State.RUNNING:
+                return False
+            self._owns_pool = True
+            return True
 
     def __del__(self) -> None:
         if getattr(self, "_state", _State.CLOSED) is _State.RUNNING:
@@ -230,7 +259,7 @@ class MultiWorkerIter(_BaseIter):
             batch_id, self._sent = self._sent, self._sent + 1
             self._in_flight[batch_id] = indices
             on_error = functools.partial(self._inbox.put_error, batch_id)
-            seed = None if self._epoch_seed is None else mix_seed(self._epoch_seed, batch_id)
+            seed = None if self._epoch_seed is None else batch_seed(self._epoch_seed, batch_id)
             self._pool.submit(Task(batch_id, indices, seed), self._inbox.put, on_error)
 
     def _next_result(self) -> tuple[Result, Any] | None:

@@ -66,6 +66,11 @@ def check_picklable(spec: FetchSpec, start_method: str) -> None:
             ) from e
 
 
+def _start_settings(config: LoaderConfig) -> tuple[Any, ...]:
+    """The parts of a config a started pool cannot change."""
+    return (config.num_workers, config.worker_kind, config.prefetch_factor, config.mp_context)
+
+
 def _exit_description(exitcode: int) -> str:
     if exitcode < 0:
         try:
@@ -98,6 +103,7 @@ class WorkerPool:
         self.num_workers = config.num_workers
         self.spec = spec
         self.base_seed = base_seed
+        self._started_with = _start_settings(config)
         self._closed = False
         self.broken = False
         self._stream_epoch = 0
@@ -152,6 +158,18 @@ class WorkerPool:
 
     def _state_for_shutdown(self) -> tuple[Any, ...]:
         return (self.kind, self._pool, self._members, self.prefix, self.setup)
+
+    def serves(self, spec: FetchSpec, config: LoaderConfig) -> bool:
+        """Whether this pool was started for these settings (a persistent pool is reused)."""
+        mine = self.spec
+        return (
+            mine.dataset is spec.dataset
+            and mine.collate_fn is spec.collate_fn
+            and mine.worker_init_fn is spec.worker_init_fn
+            and (mine.mode, mine.batch_size, mine.drop_last)
+            == (spec.mode, spec.batch_size, spec.drop_last)
+            and self._started_with == _start_settings(config)
+        )
 
     def submit(
         self,

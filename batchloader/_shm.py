@@ -218,8 +218,10 @@ def _map(obj: Any, fn: Callable[[Any], Any]) -> Any:
 
 
 def _pack_tensor(t: torch.Tensor) -> Any:
-    if t.device.type != "cpu" or t.requires_grad:
-        return t
+    if t.device.type != "cpu" or t.requires_grad or t.is_nested or t.layout != torch.strided:
+        return t  # nested, sparse and accelerator tensors travel by torch's own pickling
+    if type(t) is not torch.Tensor:
+        return t  # a subclass keeps its type and attributes only through its own reduction
     arena = _arena
     if arena is not None and t.is_contiguous() and t.storage_offset() == 0:
         entry = arena.segments.pop(t.untyped_storage().data_ptr(), None)

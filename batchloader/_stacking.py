@@ -148,10 +148,11 @@ def _reject_str_obj(dtype: np.dtype, name: str) -> None:
 def _collate_tensors(batch: Sequence[torch.Tensor]) -> torch.Tensor:
     elem = batch[0]
     if elem.is_nested or elem.layout != torch.strided:
-        kind = "nested" if elem.is_nested else f"sparse ({elem.layout})"
+        kind = "nested" if elem.is_nested else "sparse"
         raise RuntimeError(
-            f"Batches of {kind} tensors are not supported by default_collate; "
-            "pass a collate_fn that handles them"
+            f"Batches of {kind} tensors are not currently supported by the default collate_fn; "
+            "please provide a custom collate_fn to handle them appropriately "
+            f"(got layout {elem.layout})."
         )
     return _stack_tensors(batch)
 

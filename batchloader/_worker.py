@@ -41,6 +41,7 @@ __all__ = [
     "Status",
     "Task",
     "WorkerSetup",
+    "batch_seed",
     "fetch_batch",
     "get_worker_info",
     "init_process_worker",
@@ -62,7 +63,8 @@ class Status(enum.Enum):
     """What a :class:`Result` carries."""
 
     OK = "ok"  # payload: the (packed) batch
-    ERROR = "error"  # payload: a _RemoteError
+    ERROR = "error"  # payload: a _RemoteError; this batch failed, the epoch goes on
+    FATAL = "fatal"  # payload: a _RemoteError; the worker could not start, the epoch ends
     EXHAUSTED = "exhausted"  # an iterable worker's shard is done; no payload
 
 
@@ -108,6 +110,19 @@ class WorkerSetup:
     stop: Any = None  # an Event: stop streaming (early end of an epoch)
 
 
+@dataclass(frozen=True, slots=True)
+class _Reseeding:
+    """Which global generators a process worker reseeds before each batch.
+
+    A generator that ``worker_init_fn`` seeded (or otherwise changed) is the
+    user's, as in torch: batchloader leaves it alone from then on.
+    """
+
+    python: bool = True
+    torch: bool = True
+    numpy: bool = True
+
+
 @dataclass(slots=True)
 class _WorkerState:
     setup: WorkerSetup
@@ -115,6 +130,7 @@ class _WorkerState:
     is_process: bool
     info: Any
     init_error: _RemoteError | None = None
+    reseeding: _Reseeding = _Reseeding()
     stream_count: itertools.count = field(default_factory=itertools.count)
 
 
@@ -158,13 +174,37 @@ def mix_seed(*values: int) -> int:
     return h
 
 
-def _reseed_for_batch(seed: int) -> None:
+_MASK_63 = (1 << 63) - 1
+
+
+def batch_seed(epoch_seed: int, batch_id: int) -> int:
+    """The seed of one batch: below 2**63, so ``torch.initial_seed()`` fits in int64."""
+    return mix_seed(epoch_seed, batch_id) & _MASK_63
+
+
+def _generator_states() -> tuple[Any, ...]:
+    np_state = np.random.get_state()
+    return (
+        random.getstate(),
+        (torch.initial_seed(), bytes(torch.get_rng_state().numpy())),
+        (np_state[1].tobytes(), *np_state[2:]),
+    )
+
+
+def _untouched(before: tuple[Any, ...], after: tuple[Any, ...]) -> _Reseeding:
+    return _Reseeding(*(b == a for b, a in zip(before, after, strict=True)))
+
+
+def _reseed_for_batch(seed: int, which: _Reseeding) -> None:
     """Seeds random, torch and NumPy for one batch, whichever worker runs it."""
-    random.seed(seed)
-    # The CPU generator only: torch.manual_seed also queues a lazy CUDA seeding,
-    # recording a stack trace each time (about 0.25 ms); workers do not use CUDA.
-    torch.default_generator.manual_seed(seed)
-    np.random.seed([seed & 0xFFFFFFFF, seed >> 32])
+    if which.python:
+        random.seed(seed)
+    if which.torch:
+        # The CPU generator only: torch.manual_seed also queues a lazy CUDA seeding,
+        # recording a stack trace each time (about 0.25 ms); workers do not use CUDA.
+        torch.default_generator.manual_seed(seed)
+    if which.numpy:
+        np.random.seed([seed & 0xFFFFFFFF, seed >> 32])
 
 
 def _seed_globals(seed: int, worker_id: int, base_seed: int) -> None:
@@ -221,7 +261,10 @@ def _start(setup: WorkerSetup, worker_id: int, *, is_process: bool) -> None:
             torch_worker._worker_info = info  # torch.utils.data.get_worker_info() sees it
             _seed_globals(seed, worker_id, setup.base_seed)
         if setup.spec.worker_init_fn is not None:
+            before = _generator_states() if is_process else None
             setup.spec.worker_init_fn(worker_id)
+            if before is not None:
+                state.reseeding = _untouched(before, _generator_states())
     except Exception as e:
         # Raising here would make Pool respawn this worker forever; every task reports it instead.
         state.init_error = _RemoteError.capture(e)
@@ -288,10 +331,10 @@ def run_task(task: Task) -> Result:
     """The pool's task function: one index list in, one result out, never raises."""
     state: _WorkerState = _local.state
     if state.init_error is not None:
-        return Result(task.batch_id, state.worker_id, Status.ERROR, state.init_error)
+        return Result(task.batch_id, state.worker_id, Status.FATAL, state.init_error)
     try:
         if state.is_process and task.seed is not None:
-            _reseed_for_batch(task.seed)
+            _reseed_for_batch(task.seed, state.reseeding)
         batch = fetch_batch(state.setup.spec, task.indices)
         return Result(task.batch_id, state.worker_id, Status.OK, _outgoing(state, batch))
     except Exception as e:
@@ -327,12 +370,14 @@ def stream_shard(epoch: int) -> None:
         return
     wid = state.worker_id
     if state.init_error is not None:
-        _put(state, Result(-1, wid, Status.ERROR, state.init_error, epoch))
+        _put(state, Result(-1, wid, Status.FATAL, state.init_error, epoch))
         return
     try:
         iterator = iter(setup.spec.dataset)
     except Exception as e:
-        _put(state, Result(-1, wid, Status.ERROR, _RemoteError.capture(e), epoch))
+        # As in torch: the error is raised for this worker's first batch, then its shard is done.
+        if _put(state, Result(-1, wid, Status.ERROR, _RemoteError.capture(e), epoch)):
+            _put(state, Result(0, wid, Status.EXHAUSTED, None, epoch))
         return
     for n in itertools.count():
         try:
@@ -341,8 +386,10 @@ def stream_shard(epoch: int) -> None:
             _put(state, Result(n, wid, Status.EXHAUSTED, None, epoch))
             return
         except Exception as e:
+            # Raised for this batch; the stream goes on (a generator that raised ends next time).
             _shm.abandon()
-            _put(state, Result(n, wid, Status.ERROR, _RemoteError.capture(e), epoch))
-            return
-        if not _put(state, Result(n, wid, Status.OK, _outgoing(state, batch), epoch)):
+            outgoing = Result(n, wid, Status.ERROR, _RemoteError.capture(e), epoch)
+        else:
+            outgoing = Result(n, wid, Status.OK, _outgoing(state, batch), epoch)
+        if not _put(state, outgoing):
             return

@@ -147,8 +147,20 @@ class ArrayDataset(Dataset[Any]):
         self._length = len(self._arrays[0])
         self._single = len(self._arrays) == 1 and not self._always_tuple
         # NumPy views of CPU tensors: np.take gathers a small batch several times
-        # faster than torch.index_select's dispatch. None where there is no view.
-        self._views = tuple(_numpy_view(a) for a in self._arrays)
+        # faster than torch.index_select's dispatch. A view is only used while
+        # its tensor still lives at the address it was made from: share_memory_()
+        # (also run when a tensor is pickled for a spawn/forkserver worker)
+        # moves the data and frees the old storage under any view of it.
+        self._views = [_NumpyView(a) for a in self._arrays]
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_views"] = None  # views are per process: remade on arrival
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._views = [_NumpyView(a) for a in self._arrays]
 
     @property
     def arrays(self) -> tuple[Array, ...]:
@@ -210,7 +222,7 @@ class ArrayDataset(Dataset[Any]):
         else:
             outs = _validate_out(self._arrays, len(idx), out, self._single)
         return tuple(
-            _take(a, view, idx, o)
+            _take(a, view.get(a), idx, o)
             for a, view, o in zip(self._arrays, self._views, outs, strict=True)
         )
 
@@ -291,9 +303,29 @@ def _checked_index_array(indices: Any) -> np.ndarray:
     return idx
 
 
-def _numpy_view(array: Array) -> np.ndarray | None:
+class _NumpyView:
+    """A NumPy view of a CPU tensor, remade whenever the tensor's data moves."""
+
+    __slots__ = ("_address", "_view")
+
+    def __init__(self, array: Array):
+        self._address = -1
+        self._view: np.ndarray | None = None
+        self.get(array)
+
+    def get(self, array: Array) -> np.ndarray | None:
+        """The view of ``array`` as it is now, or None where NumPy cannot index it."""
+        if not isinstance(array, torch.Tensor):
+            return None
+        address = array.data_ptr()
+        if address != self._address:
+            self._address, self._view = address, _numpy_view(array)
+        return self._view
+
+
+def _numpy_view(array: torch.Tensor) -> np.ndarray | None:
     """A NumPy view of a CPU tensor that NumPy can index, else None."""
-    if not isinstance(array, torch.Tensor) or array.device.type != "cpu" or array.requires_grad:
+    if array.device.type != "cpu" or array.requires_grad:
         return None
     try:
         return array.numpy()

@@ -1,21 +1,26 @@
-"""``DataLoader``: torch's constructor, Gluon's extras, one frozen config.
+"""``DataLoader``: a ``torch.utils.data.DataLoader`` with batchloader's engine.
 
-The loader validates its arguments once, builds the sampler chain and two
-value objects (:class:`FetchSpec`, what workers need; :class:`LoaderConfig`,
-how they run), and hands them to the iterator it picks for each epoch.
+The loader validates its arguments and builds the sampler chain once, keeps
+every setting as the torch attribute of the same name (the one source of
+truth: frameworks read, copy and assign them), and at each ``iter()`` turns
+the attributes into two value objects (:class:`FetchSpec`, what workers
+need; :class:`LoaderConfig`, how they run) for the iterator it picks.
 """
 
 from __future__ import annotations
 
 import itertools
+import multiprocessing
 import warnings
 import weakref
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, Generic
+from typing import Any
 
 import numpy as np
 import torch
-import torch.utils.data
+from torch.utils.data import DataLoader as _TorchDataLoader
+from torch.utils.data import IterableDataset as _TorchIterableDataset
+from torch.utils.data.dataloader import _DatasetKind, _InfiniteConstantSampler
 
 from . import _arguments as args
 from ._config import FetchMode, FetchSpec, LoaderConfig, WorkerKind
@@ -39,6 +44,11 @@ __all__ = ["DataLoader"]
 
 _DEFAULT_PREFETCH_FACTOR = 2
 _PIN_QUEUE_DEPTH = 2
+# Settings fixed at construction: torch's own list, and Gluon's last_batch (it is in the sampler).
+_FROZEN_ATTRIBUTES = frozenset(
+    ("batch_size", "batch_sampler", "sampler", "drop_last", "dataset", "persistent_workers")
+)
+_FROZEN_EXTRAS = frozenset(("last_batch",))
 
 
 def _no_iterator() -> None:
@@ -64,13 +74,22 @@ def _endless() -> Iterator[int]:
     return itertools.count()
 
 
-class DataLoader(Generic[T_co]):
+class DataLoader(_TorchDataLoader[T_co]):
     """Loads batches from a dataset; a drop-in for ``torch.utils.data.DataLoader``.
 
-    Every torch argument means what it means in torch. Beyond torch:
-    ``last_batch`` ('keep', 'discard' or 'rollover', from MXNet Gluon) says what
-    happens to an epoch's incomplete last batch, and ``thread_pool=True`` runs
-    the ``num_workers`` workers as threads over the same dataset object.
+    It *is* a ``torch.utils.data.DataLoader`` (frameworks that check
+    ``isinstance`` or rebuild a loader from its ``__init__`` arguments take it
+    as one), with batchloader's engine behind ``__iter__``. Every torch
+    argument means what it means in torch, and so does every attribute:
+    ``batch_size``, ``sampler``, ``batch_sampler``, ``drop_last``, ``dataset``
+    and ``persistent_workers`` cannot be set after construction; the others
+    (``worker_init_fn``, ``collate_fn``, ``num_workers``, ``timeout``, ...)
+    can, and take effect at the next ``iter()``.
+
+    Beyond torch: ``last_batch`` ('keep', 'discard' or 'rollover', from MXNet
+    Gluon) says what happens to an epoch's incomplete last batch, and
+    ``thread_pool=True`` runs the ``num_workers`` workers as threads over the
+    same dataset object.
 
     Example::
 
@@ -107,15 +126,12 @@ class DataLoader(Generic[T_co]):
         last_batch: str | None = None,
         thread_pool: bool = False,
     ):
-        self.dataset = dataset
         self._batch_dataset = is_batch_dataset(dataset)
         if self._batch_dataset:
             batch_size, num_workers, thread_pool, prefetch_factor = self._keras_defaults(
-                batch_size, num_workers, thread_pool, prefetch_factor
+                dataset, batch_size, num_workers, thread_pool, prefetch_factor
             )
-        iterable = isinstance(dataset, torch.utils.data.IterableDataset) or is_generator_like(
-            dataset
-        )
+        iterable = isinstance(dataset, _TorchIterableDataset) or is_generator_like(dataset)
         args.check_workers(num_workers, timeout, prefetch_factor, persistent_workers)
         args.check_batching(
             iterable=iterable,
@@ -129,16 +145,14 @@ class DataLoader(Generic[T_co]):
         mode = args.resolve_last_batch(drop_last, last_batch)
         args.check_callables(collate_fn=collate_fn, worker_init_fn=worker_init_fn)
         args.check_generator(generator)
-        context = args.resolve_context(multiprocessing_context, num_workers)
-        kind = WorkerKind.THREAD if thread_pool else WorkerKind.PROCESS
         if is_generator_like(dataset):
-            if num_workers > 0 and kind is WorkerKind.PROCESS:
+            if num_workers > 0 and not thread_pool:
                 raise generator_with_processes_error(dataset)
-            dataset = self.dataset = threadsafe(dataset)
+            dataset = threadsafe(dataset)
 
-        self.batch_size = batch_size
-        self.drop_last = mode == "discard"
-        self.last_batch = mode
+        self.dataset = dataset
+        self._iterable = iterable
+        self._dataset_kind = _DatasetKind.Iterable if iterable else _DatasetKind.Map
         self.num_workers = num_workers
         if prefetch_factor is None and num_workers > 0:
             prefetch_factor = _DEFAULT_PREFETCH_FACTOR  # torch reports the default it uses
@@ -147,52 +161,53 @@ class DataLoader(Generic[T_co]):
         self.pin_memory_device = pin_memory_device
         self.timeout = timeout
         self.worker_init_fn = worker_init_fn
-        self.generator = generator
-        self.persistent_workers = persistent_workers
+        self.multiprocessing_context = multiprocessing_context  # torch's checking property
         self.in_order = in_order
         self.thread_pool = thread_pool
-        self._iterable = iterable
+        self.generator = generator
         self.sampler, self.batch_sampler = self._make_samplers(
             shuffle, sampler, batch_sampler, batch_size, mode
         )
+        # As in torch: a batch_sampler decides the batches, so these say nothing.
+        custom_batches = batch_sampler is not None
+        self.batch_size = None if custom_batches else batch_size
+        self.drop_last = False if custom_batches else mode == "discard"
+        self.last_batch = last_batch if custom_batches else mode
         self.collate_fn = collate_fn or self._default_collate_fn()
-        self._spec = FetchSpec(
-            dataset=dataset,
-            mode=self._fetch_mode(collate_fn),
-            collate_fn=self.collate_fn,
-            worker_init_fn=worker_init_fn,
-            batch_size=batch_size,
-            drop_last=self.drop_last,
-        )
-        self._config = LoaderConfig(
-            num_workers=num_workers,
-            worker_kind=kind,
-            prefetch_factor=prefetch_factor or _DEFAULT_PREFETCH_FACTOR,
-            timeout_s=float(timeout),
-            in_order=in_order,
-            persistent_workers=persistent_workers,
-            mp_context=context,
-            pin_memory=pin_memory,
-            pin_memory_device=pin_memory_device,
-        )
-        # As in torch: None unless given; a start method name becomes its context.
-        self.multiprocessing_context = context if multiprocessing_context is not None else None
+        self.persistent_workers = persistent_workers
         self._pool: WorkerPool | None = None
         self._pool_epochs = 0
-        self._iterator: Callable[[], Any] = _no_iterator
+        self._current: Callable[[], Any] = _no_iterator
+        self._iterator = None  # torch's attribute; frameworks reset it to None
+        self._IterableDataset_len_called = None
+        self._DataLoader__initialized = True
+        self._check_worker_count()
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _FROZEN_EXTRAS and self._DataLoader__initialized:
+            raise ValueError(
+                f"{name} attribute should not be set after {type(self).__name__} is "
+                f"initialized (it is part of the batch sampler); got {name}={value!r}"
+            )
+        super().__setattr__(name, value)  # torch's check of its own frozen attributes
 
     # -- construction -------------------------------------------------------------
 
     def _keras_defaults(
-        self, batch_size: Any, num_workers: int, thread_pool: bool, prefetch_factor: Any
+        self,
+        dataset: Any,
+        batch_size: Any,
+        num_workers: int,
+        thread_pool: bool,
+        prefetch_factor: Any,
     ) -> tuple[Any, int, bool, Any]:
         """A batch dataset yields whole batches and brings its own worker options."""
         if batch_size not in (None, 1):
             raise ValueError(
-                f"{type(self.dataset).__qualname__} yields whole batches, so batch_size must be "
+                f"{type(dataset).__qualname__} yields whole batches, so batch_size must be "
                 f"None, got batch_size={batch_size!r}; set the batch size inside the dataset"
             )
-        options = batch_dataset_options(self.dataset)
+        options = batch_dataset_options(dataset)
         self._num_batches = options.num_batches
         if num_workers == 0 and (options.workers > 1 or options.use_multiprocessing):
             num_workers = options.workers
@@ -205,11 +220,11 @@ class DataLoader(Generic[T_co]):
         self, shuffle: Any, sampler: Any, batch_sampler: Any, batch_size: Any, mode: str
     ) -> tuple[Any, Any]:
         if self._iterable:
-            return None, None
-        if batch_sampler is not None:
-            return None, batch_sampler
+            return _InfiniteConstantSampler(), None  # torch's placeholder: the dataset decides
         if sampler is None:
             sampler = self._default_sampler(bool(shuffle))
+        if batch_sampler is not None:
+            return sampler, batch_sampler
         if batch_size is None:
             return sampler, None
         return sampler, BatchSampler(sampler, batch_size, last_batch=mode)
@@ -233,70 +248,114 @@ class DataLoader(Generic[T_co]):
     def _default_collate_fn(self) -> Callable[[Any], Any]:
         if self._batch_dataset:
             return _identity
-        return default_convert if self.batch_size is None else default_collate
+        return default_convert if self.batch_sampler is None else default_collate
 
-    def _fetch_mode(self, user_collate_fn: Any) -> FetchMode:
+    def _check_worker_count(self) -> None:
+        if self.num_workers > 0 and not self.thread_pool:
+            self.check_worker_number_rationality()  # torch's warning, in torch's words
+
+    # -- settings, read at each iter() ----------------------------------------------
+
+    def _fetch_mode(self) -> FetchMode:
         if self._iterable:
             return FetchMode.ITERABLE_SINGLE if self.batch_size is None else FetchMode.ITERABLE
         if self._batch_dataset:
             return FetchMode.BATCH_DATASET
-        if self.batch_size is None and self.batch_sampler is None:
+        if self.batch_sampler is None:
             return FetchMode.SINGLE
-        if user_collate_fn is None and _has_numeric_get_batch(self.dataset):
+        if self.collate_fn is default_collate and _has_numeric_get_batch(self.dataset):
             return FetchMode.GET_BATCH
         return FetchMode.SAMPLES
 
+    def _settings(self) -> tuple[FetchSpec, LoaderConfig]:
+        """The attributes as they are now, checked, as the workers' and iterators' values."""
+        args.check_workers(
+            self.num_workers, self.timeout, self.prefetch_factor, self.persistent_workers
+        )
+        args.check_callables(collate_fn=self.collate_fn, worker_init_fn=self.worker_init_fn)
+        spec = FetchSpec(
+            dataset=self.dataset,
+            mode=self._fetch_mode(),
+            collate_fn=self.collate_fn,
+            worker_init_fn=self.worker_init_fn,
+            batch_size=self.batch_size,
+            drop_last=self.drop_last,
+        )
+        config = LoaderConfig(
+            num_workers=self.num_workers,
+            worker_kind=WorkerKind.THREAD if self.thread_pool else WorkerKind.PROCESS,
+            prefetch_factor=self.prefetch_factor or _DEFAULT_PREFETCH_FACTOR,
+            timeout_s=float(self.timeout),
+            in_order=self.in_order,
+            persistent_workers=self.persistent_workers,
+            mp_context=self.multiprocessing_context or multiprocessing.get_context("fork"),
+            pin_memory=self.pin_memory,
+            pin_memory_device=self.pin_memory_device,
+        )
+        return spec, config
+
     # -- iteration ------------------------------------------------------------------
 
-    @property
-    def _index_sampler(self) -> Any:
-        return self.batch_sampler if self.batch_sampler is not None else self.sampler
-
     def __iter__(self) -> Iterator[Any]:
-        previous = self._iterator()
-        if self._config.persistent_workers and previous is not None:
+        spec, config = self._settings()
+        previous = self._current()
+        if config.persistent_workers and previous is not None:
             previous.close()
         if self._batch_dataset:
             _call_hook(self.dataset, "on_epoch_begin")  # before workers start on the epoch
-        iterator = self._make_iterator()
-        pin_fn = make_pin_fn(self.pin_memory_device, stacklevel=3) if self.pin_memory else None
+        if config.num_workers > 0:
+            self._check_worker_count()
+        iterator = self._make_iterator(spec, config)
+        pin_fn = make_pin_fn(config.pin_memory_device, stacklevel=3) if config.pin_memory else None
         if pin_fn is not None:
             # The workers already keep max_in_flight batches ready; two pinned ones suffice.
             iterator = PinMemoryIter(iterator, pin_fn, queue_depth=_PIN_QUEUE_DEPTH)
         if self._batch_dataset:
             iterator = _EpochHooks(iterator, self.dataset)
         # Weakly: an abandoned epoch's iterator must be collectable, to free its workers.
-        self._iterator = weakref.ref(iterator)
+        self._current = weakref.ref(iterator)
         return iterator
 
-    def _make_iterator(self) -> Any:
-        reuse = self._pool is not None and not self._pool.closed and not self._pool.broken
-        if not (self._config.persistent_workers and reuse):
+    def _reusable_pool(self, spec: FetchSpec, config: LoaderConfig) -> WorkerPool | None:
+        """The persistent pool, if it is alive and made for these settings; else closes it."""
+        pool = self._pool
+        if pool is None:
+            return None
+        if not (pool.closed or pool.broken) and pool.serves(spec, config):
+            return pool
+        pool.close()
+        self._pool = None
+        return None
+
+    def _make_iterator(self, spec: FetchSpec, config: LoaderConfig) -> Any:
+        pool = self._reusable_pool(spec, config) if config.persistent_workers else None
+        if pool is None:
             # torch draws the workers' base seed here, for every iterator.
             base_seed = int(
                 torch.empty((), dtype=torch.int64).random_(generator=self.generator).item()
             )
-        if self.num_workers == 0:
-            return _SingleProcessIter(self._spec, self._index_sampler)
-        if self._config.persistent_workers:
-            if not reuse:
-                self._pool = WorkerPool(self._config, self._spec, base_seed)
+        if config.num_workers == 0:
+            return _SingleProcessIter(spec, self._index_sampler)
+        if config.persistent_workers:
+            if pool is None:
+                pool = self._pool = WorkerPool(config, spec, base_seed)
                 self._pool_epochs = 0
-            pool, owns = self._pool, False
+            owns = False
             epoch_seed = mix_seed(pool.base_seed, self._pool_epochs)
             self._pool_epochs += 1
         else:
-            pool, owns = WorkerPool(self._config, self._spec, base_seed), True
+            pool, owns = WorkerPool(config, spec, base_seed), True
             epoch_seed = mix_seed(base_seed, 0)
         if self._iterable:
-            return StreamingIter(self._config, pool, owns_pool=owns)
+            return StreamingIter(config, pool, owns_pool=owns)
         return MultiWorkerIter(
-            self._config, pool, iter(self._index_sampler), owns_pool=owns, epoch_seed=epoch_seed
+            config, pool, iter(self._index_sampler), owns_pool=owns, epoch_seed=epoch_seed
         )
 
     def __len__(self) -> int:
         if self._iterable:
             length = len(self.dataset)  # TypeError for unsized datasets, as in torch
+            self._IterableDataset_len_called = length
             if self.batch_size is None:
                 return length
             full, rest = divmod(length, self.batch_size)
@@ -307,10 +366,10 @@ class DataLoader(Generic[T_co]):
 
     def close(self) -> None:
         """Stops the current epoch's iterator and every worker; idempotent."""
-        iterator = self._iterator()
+        iterator = self._current()
         if iterator is not None:
             iterator.close()
-        self._iterator = _no_iterator
+        self._current = _no_iterator
         if self._pool is not None:
             self._pool.close()
             self._pool = None
@@ -323,14 +382,18 @@ class DataLoader(Generic[T_co]):
 
     def __del__(self) -> None:
         pool = getattr(self, "_pool", None)
-        if pool is not None and not pool.closed:
-            warnings.warn(
-                "DataLoader with persistent_workers=True was never closed; call close() or use "
-                "it as a context manager",
-                ResourceWarning,
-                stacklevel=2,
-            )
-            self.close()
+        if pool is None or pool.closed:
+            return
+        iterator = self._current()
+        if iterator is not None and iterator.adopt_pool():
+            return  # a live epoch still uses the workers; it ends them when it ends
+        warnings.warn(
+            "DataLoader with persistent_workers=True was never closed; call close() or use "
+            "it as a context manager",
+            ResourceWarning,
+            stacklevel=2,
+        )
+        self.close()
 
     def __repr__(self) -> str:
         return (
@@ -379,6 +442,9 @@ class _SingleProcessIter:
     def close(self) -> None:
         self._done = True
 
+    def adopt_pool(self) -> bool:
+        return False  # no workers
+
 
 def _call_hook(dataset: Any, name: str) -> None:
     hook = getattr(dataset, name, None)
@@ -408,3 +474,6 @@ class _EpochHooks:
 
     def close(self) -> None:
         self._source.close()
+
+    def adopt_pool(self) -> bool:
+        return self._source.adopt_pool()

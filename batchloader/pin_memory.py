@@ -210,7 +210,7 @@ class _MsgKind(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class _Msg:
-    """One message from the pin-memory thread to the consumer; the thread's last is END or ERROR."""
+    """One message from the pin-memory thread to the consumer; the thread's last is END."""
 
     kind: _MsgKind
     value: Any = None
@@ -221,7 +221,6 @@ class _State(enum.Enum):
 
     RUNNING = enum.auto()
     EXHAUSTED = enum.auto()
-    FAILED = enum.auto()
     CLOSED = enum.auto()
 
 
@@ -252,7 +251,7 @@ def _pin_loop(
     out: queue.Queue[_Msg],
     stop: threading.Event,
 ) -> None:
-    """The thread's body: next(source), pin, put, until END, ERROR or stop.
+    """The thread's body: next(source), pin, put, until END or stop.
 
     It holds no reference to the iterator object, so that object can be
     garbage collected (and its finalizer stop this thread) while it runs.
@@ -266,14 +265,17 @@ def _pin_loop(
             _put(out, _Msg(_MsgKind.END), stop)
             return
         except BaseException as error:  # everything reaches the consumer, as in one thread
-            _put(out, _Msg(_MsgKind.ERROR, error), stop)
-            return
+            # As in torch, the error is that batch's and the source may go on; one
+            # that has ended says so at the next call (StopIteration: END).
+            if not _put(out, _Msg(_MsgKind.ERROR, error), stop):
+                return
+            continue
         try:
             msg = _Msg(_MsgKind.BATCH, pin_fn(batch))
         except BaseException as error:
             msg = _Msg(_MsgKind.ERROR, _pin_fn_error(error, index))
         del batch
-        if not _put(out, msg, stop) or msg.kind is _MsgKind.ERROR:
+        if not _put(out, msg, stop):
             return
 
 
@@ -346,15 +348,16 @@ class _PinMemoryIter(Iterator[Any]):
 
     States (``__next__`` outside RUNNING raises StopIteration at once)::
 
-        RUNNING ──END──► EXHAUSTED ──┐      EXHAUSTED / FAILED: our thread is
-           │   └──ERROR─► FAILED ────┤      joined; the source is left open
+        RUNNING ──END──► EXHAUSTED ──┐      EXHAUSTED: our thread is joined;
+           │  (ERROR: raised, RUNNING) │      the source is left open
            └──close()/GC─────────────┴─► CLOSED: thread joined, source.close()
 
     ``close()`` is idempotent and also runs when the iterator is garbage
     collected (``weakref.finalize``): set the stop flag, drain the queue, join
     the thread (``_JOIN_TIMEOUT_S``), then call ``source.close()`` if it has
     one, which is what stops a blocked ``next(source)`` and the worker pool.
-    Unlike torch, an error ends the iteration (like a generator's).
+    As in torch, an error is raised for its batch and the iteration goes on;
+    the source says when it has ended.
 
     Args:
         source: any iterator (or iterable) of batches.
@@ -401,8 +404,7 @@ class _PinMemoryIter(Iterator[Any]):
             case _MsgKind.ERROR:
                 error = msg.value
                 del msg
-                self._finish(_State.FAILED)
-                raise error
+                raise error  # that batch's error; the next call goes on, as in torch
             case _:
                 raise RuntimeError(f"[INTERNAL ERROR] batchloader: unknown message {msg!r}")
 
@@ -425,7 +427,7 @@ class _PinMemoryIter(Iterator[Any]):
                     ) from None
 
     def _finish(self, state: _State) -> None:
-        """RUNNING -> EXHAUSTED or FAILED: the thread has sent its last message; join it."""
+        """RUNNING -> EXHAUSTED: the thread has sent its last message; join it."""
         self._state = state
         _stop_thread(self._thread, self._stop, self._queue)
 
