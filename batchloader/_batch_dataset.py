@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.utils.data
+from torch.utils.data import IterableDataset as _TorchIterableDataset
 
 __all__ = [
     "DEFAULT_MAX_QUEUE_SIZE",
@@ -168,7 +169,7 @@ def is_batch_dataset(obj: Any) -> bool:
     nothing tells its samples from batches.
     """
     cls = type(obj)
-    if isinstance(obj, type | torch.utils.data.IterableDataset) or not callable(
+    if isinstance(obj, type | _TorchIterableDataset) or not callable(
         getattr(cls, "__getitem__", None)
     ):
         return False

@@ -52,11 +52,11 @@ class DistributedSampler(_EpochState, Sampler[int]):
     ) -> None:
         self.dataset = _check_source("dataset", dataset)
         self.num_replicas = _check_int("num_replicas", _from_group("num_replicas", num_replicas), 1)
-        self.rank = _check_int("rank", _from_group("rank", rank), minimum=0)
-        if self.rank >= self.num_replicas:
+        self.rank = _check_int("rank", _from_group("rank", rank))
+        if not 0 <= self.rank < self.num_replicas:
             raise ValueError(
-                f"rank should be in [0, {self.num_replicas - 1}] for "
-                f"num_replicas={self.num_replicas}, got {self.rank}"
+                f"Invalid rank {self.rank}, rank should be in the interval "
+                f"[0, {self.num_replicas - 1}] (num_replicas={self.num_replicas})"
             )
         self.shuffle = _check_bool("shuffle", shuffle)
         self.seed = _check_int("seed", seed)

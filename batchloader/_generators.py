@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Generic, TypeVar, overload
 
-import torch.utils.data
+from torch.utils.data import Dataset as _TorchDataset
 
 __all__ = [
     "ThreadSafeIterator",
@@ -121,7 +121,7 @@ def is_generator_like(obj: Any) -> bool:
     their iteration is their own), for re-iterable containers such as lists,
     and for generator *functions* (call them, or use ``GeneratorDataset``).
     """
-    return isinstance(obj, Iterator) and not isinstance(obj, torch.utils.data.Dataset)
+    return isinstance(obj, Iterator) and not isinstance(obj, _TorchDataset)
 
 
 def generator_with_processes_error(obj: Any, *, num_workers: int | None = None) -> TypeError:

@@ -134,8 +134,10 @@ class _BaseIter:
         """Called on every idle poll: are the workers alive, has time run out?"""
         self._pool.check_alive()
         if self._deadline is not None and time.monotonic() > self._deadline:
+            seconds = self._config.timeout_s
+            shown = int(seconds) if seconds == int(seconds) else seconds
             raise LoaderTimeoutError(
-                f"DataLoader timed out after {self._config.timeout_s} seconds waiting for "
+                f"DataLoader timed out after {shown} seconds waiting for "
                 f"{self._waiting_for()}; workers: {self._pool.describe()}"
             )
 

@@ -72,12 +72,14 @@ def _start_settings(config: LoaderConfig) -> tuple[Any, ...]:
 
 
 def _exit_description(exitcode: int) -> str:
+    """torch's words for a worker's end: 'is killed by signal: Killed', 'exited unexpectedly'."""
     if exitcode < 0:
         try:
-            return f"was killed by signal {signal.Signals(-exitcode).name}"
+            name = signal.Signals(-exitcode).name
         except ValueError:
-            return f"was killed by signal {-exitcode}"
-    return f"exited with code {exitcode}"
+            return f"is killed by signal: {-exitcode}"
+        return f"is killed by signal: {signal.strsignal(-exitcode)} ({name})"
+    return f"exited unexpectedly with exit code {exitcode}"
 
 
 def _free_lock(lock: Any) -> None:

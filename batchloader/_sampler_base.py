@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 import torch.utils.data
+from torch.utils.data import Sampler as _TorchSampler
 
 from ._typing import T_co
 
@@ -69,7 +70,9 @@ def _check_int(name: str, value: object, minimum: int | None = None, kind: str =
 
 def _check_bool(name: str, value: object) -> bool:
     if not isinstance(value, bool):
-        raise TypeError(f"{name} should be a bool (True or False), got {_describe(value)}")
+        raise TypeError(
+            f"{name} should be a boolean value, but got {name}={value!r} ({type(value).__name__})"
+        )
     return value
 
 
@@ -147,7 +150,7 @@ def _show(value: object) -> str:
     """How an option appears in a repr: short, and never a whole dataset."""
     if isinstance(value, torch.Generator):
         return "<torch.Generator>"
-    if isinstance(value, torch.utils.data.Sampler):
+    if isinstance(value, _TorchSampler):
         return repr(value)
     if isinstance(value, (tuple, torch.Tensor)):  # indices, weights, carried: ours to show
         return _show_items(value.tolist() if isinstance(value, torch.Tensor) else list(value))

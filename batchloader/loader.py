@@ -183,6 +183,18 @@ class DataLoader(_TorchDataLoader[T_co]):
         self._DataLoader__initialized = True
         self._check_worker_count()
 
+    @property
+    def multiprocessing_context(self) -> Any:
+        """The start method's context, or None for batchloader's default, ``'fork'``."""
+        return self._DataLoader__multiprocessing_context
+
+    @multiprocessing_context.setter
+    def multiprocessing_context(self, value: Any) -> None:
+        try:  # torch's checks and words, which turn a name into its context
+            _TorchDataLoader.multiprocessing_context.fset(self, value)
+        except (ValueError, TypeError) as e:
+            raise type(e)(f"{e}; got multiprocessing_context={value!r}") from None
+
     def __setattr__(self, name: str, value: Any) -> None:
         if name in _FROZEN_EXTRAS and self._DataLoader__initialized:
             raise ValueError(
@@ -220,7 +232,11 @@ class DataLoader(_TorchDataLoader[T_co]):
         self, shuffle: Any, sampler: Any, batch_sampler: Any, batch_size: Any, mode: str
     ) -> tuple[Any, Any]:
         if self._iterable:
-            return _InfiniteConstantSampler(), None  # torch's placeholder: the dataset decides
+            # torch's placeholders: the dataset decides the order; they only say how it batches.
+            sampler = _InfiniteConstantSampler()
+            if batch_size is None:
+                return sampler, None
+            return sampler, BatchSampler(sampler, batch_size, last_batch=mode)
         if sampler is None:
             sampler = self._default_sampler(bool(shuffle))
         if batch_sampler is not None:

@@ -6,6 +6,7 @@ unpickle them.
 
 from __future__ import annotations
 
+import gc
 import os
 import threading
 import time
@@ -164,7 +165,13 @@ def worker_threads() -> list[threading.Thread]:
 def assert_no_leaks(
     before_children: set[int], before_shm: set[str], *, wait_s: float = 3.0
 ) -> None:
-    """No new child process, shared-memory segment or thread remains."""
+    """No new child process, shared-memory segment or thread remains.
+
+    A test that caught a loader's exception holds, through its traceback, the
+    frames that hold the iterator, in a reference cycle (as any ``except ... as
+    error`` does): collect it first, as the end of the caller's scope would.
+    """
+    gc.collect()
     deadline = time.monotonic() + wait_s
     while True:
         children = child_pids() - before_children

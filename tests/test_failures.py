@@ -94,7 +94,7 @@ def test_worker_killed_by_sigkill_raises_worker_died(no_leaks):
 def test_worker_exiting_with_a_code_raises_worker_died(no_leaks):
     """os._exit(123) in a worker names the exit code."""
     loader = DataLoader(ExitingDataset(40, bad=5, code=123), batch_size=2, num_workers=2)
-    with pytest.raises(WorkerDiedError, match="exited with code 123"):
+    with pytest.raises(WorkerDiedError, match="exited unexpectedly with exit code 123"):
         list(loader)
 
 

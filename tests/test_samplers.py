@@ -708,12 +708,12 @@ INVALID_ARGUMENTS = {
     "rank too large": (
         lambda: DistributedSampler(10, 2, 2),
         ValueError,
-        ["rank", "[0, 1]", "got 2"],
+        ["Invalid rank 2", "[0, 1]", "num_replicas=2"],
     ),
     "rank negative": (
         lambda: DistributedSampler(10, 2, -1),
         ValueError,
-        ["rank", "non-negative", "-1"],
+        ["Invalid rank -1", "[0, 1]"],
     ),
     "num_replicas zero": (
         lambda: DistributedSampler(10, 0, 0),
