@@ -85,8 +85,6 @@ def check_batching(
         raise ValueError(
             f"batch_size should be a positive integer value or None, got batch_size={batch_size!r}"
         )
-    if shuffle not in (None, True, False):
-        raise TypeError(f"shuffle should be a bool or None, got shuffle={shuffle!r}")
     if iterable:
         for name, value in (
             ("shuffle", shuffle),
@@ -126,6 +124,9 @@ def check_batching(
             "batch_size=None option disables auto-batching and is mutually exclusive with "
             f"drop_last and last_batch; got drop_last={drop_last!r}, last_batch={last_batch!r}"
         )
+    # After torch's own checks, which take any truthy shuffle for True and say so in their words.
+    if shuffle not in (None, True, False):
+        raise TypeError(f"shuffle should be a bool or None, got shuffle={shuffle!r}")
 
 
 def _batch_sampler_mode(batch_sampler: Any) -> str:

@@ -373,3 +373,8 @@ def test_a_self_iterating_dataset_works_with_process_workers_under_patched_names
 ):
     batches = list(DataLoader(SelfIterating(4), batch_size=2, num_workers=1))
     assert [b.tolist() for b in batches] == [[1, 2], [3, 4]]
+
+
+def test_a_truthy_shuffle_meets_torchs_exclusivity_checks_first():
+    with pytest.raises(ValueError, match="sampler option is mutually exclusive with shuffle"):
+        DataLoader(RangeDataset(4), sampler=[0, 1], shuffle=3)
