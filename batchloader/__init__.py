@@ -28,6 +28,7 @@ from .datasets import (
 )
 from .device import DevicePrefetcher, to_device
 from .distributed import ShardedIterableDataset, ShardInfo, shard_info, split_by_rank_and_worker
+from .frameworks import with_batchloader_engine
 from .loader import DataLoader
 from .pin_memory import pin_batch
 from .samplers import (
@@ -84,4 +85,5 @@ __all__ = [
     "split_by_rank_and_worker",
     "threadsafe",
     "to_device",
+    "with_batchloader_engine",
 ]

@@ -6,6 +6,8 @@ import itertools
 from collections.abc import Iterable, Iterator, Mapping, Sized
 from typing import Any
 
+from torch.utils.data import BatchSampler as _TorchBatchSampler
+
 from ._sampler_base import (
     _LAST_BATCH_MODES,
     Sampler,
@@ -34,7 +36,7 @@ def _resolve_last_batch(drop_last: object, last_batch: object) -> LastBatch:
     return last_batch  # type: ignore[return-value]
 
 
-class BatchSampler(Sampler[list[int]]):
+class BatchSampler(Sampler[list[int]], _TorchBatchSampler):
     """Groups a sampler's indices into lists of ``batch_size``.
 
     ``last_batch`` says what happens to an epoch's incomplete last batch:

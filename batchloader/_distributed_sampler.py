@@ -7,13 +7,14 @@ from collections.abc import Iterator, Sized
 import torch
 import torch.distributed as dist
 import torch.utils.data
+from torch.utils.data import DistributedSampler as _TorchDistributedSampler
 
 from ._sampler_base import Sampler, _check_bool, _check_int, _check_source, _EpochState, _length
 
 __all__ = ["DistributedSampler"]
 
 
-class DistributedSampler(_EpochState, Sampler[int]):
+class DistributedSampler(_EpochState, Sampler[int], _TorchDistributedSampler):
     """Yields this rank's share of the indices; the same indices as torch's ``DistributedSampler``.
 
     All ranks draw one permutation seeded with ``seed + epoch`` (torch's

@@ -270,9 +270,26 @@ def _start(setup: WorkerSetup, worker_id: int, *, is_process: bool) -> None:
         state.init_error = _RemoteError.capture(e)
 
 
+def _forget_parent_signal_handlers() -> None:
+    """Puts back the default action of every signal the parent gave a Python handler.
+
+    A forked worker inherits the trainer's handlers (a framework's SIGTERM
+    handler that talks to the process group, say); a worker must never run
+    them, and SIGTERM, which stops it, must stop it whatever the user installed.
+    """
+    for signum in signal.valid_signals():
+        try:
+            handler = signal.getsignal(signum)
+        except (OSError, ValueError):
+            continue
+        if callable(handler) and handler is not signal.default_int_handler:
+            signal.signal(signum, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
+
+
 def init_process_worker(setup: WorkerSetup) -> None:
     """Pool initializer for process workers."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
+    _forget_parent_signal_handlers()
     _die_with_parent()
     _keep_freed_memory()
     torch.set_num_threads(1)

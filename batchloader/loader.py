@@ -18,7 +18,9 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed
 from torch.utils.data import DataLoader as _TorchDataLoader
+from torch.utils.data import DistributedSampler as _TorchDistributedSampler
 from torch.utils.data import IterableDataset as _TorchIterableDataset
 from torch.utils.data.dataloader import _DatasetKind, _InfiniteConstantSampler
 
@@ -38,7 +40,7 @@ from .datasets import (
 )
 from .pin_memory import _PinMemoryIter as PinMemoryIter
 from .pin_memory import make_pin_fn
-from .samplers import BatchSampler, RandomSampler, SequentialSampler
+from .samplers import BatchSampler, DistributedSampler, RandomSampler, SequentialSampler
 
 __all__ = ["DataLoader"]
 
@@ -67,6 +69,24 @@ def _has_numeric_get_batch(dataset: Any) -> bool:
         isinstance(a, np.ndarray) and (a.dtype.hasobject or a.dtype.kind in "SU")
         for a in getattr(dataset, "arrays", ())
     )
+
+
+def _is_sharded(sampler: Any) -> bool:
+    """Whether a sampler (or batch sampler) gives each rank its own share."""
+    if isinstance(sampler, _TorchDistributedSampler | DistributedSampler):
+        return True
+    # Duck-typed shards: Lightning's and Accelerate's wrappers, custom rank-aware samplers.
+    if hasattr(sampler, "num_replicas") or hasattr(sampler, "num_processes"):
+        return True
+    inner = (getattr(sampler, name, None) for name in ("sampler", "batch_sampler"))
+    return any(s is not None and s is not sampler and _is_sharded(s) for s in inner)
+
+
+def _world_size() -> int:
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized()):
+        return 1
+    return dist.get_world_size()
 
 
 def _endless() -> Iterator[int]:
@@ -180,6 +200,7 @@ class DataLoader(_TorchDataLoader[T_co]):
         self._current: Callable[[], Any] = _no_iterator
         self._iterator = None  # torch's attribute; frameworks reset it to None
         self._IterableDataset_len_called = None
+        self._warned_unsharded = False
         self._DataLoader__initialized = True
         self._check_worker_count()
 
@@ -270,6 +291,23 @@ class DataLoader(_TorchDataLoader[T_co]):
         if self.num_workers > 0 and not self.thread_pool:
             self.check_worker_number_rationality()  # torch's warning, in torch's words
 
+    def _check_sharding(self) -> None:
+        """Warns once if every rank of a process group would load the whole dataset."""
+        if self._warned_unsharded or self._iterable:
+            return
+        world_size = _world_size()
+        if world_size < 2 or _is_sharded(self._index_sampler) or _is_sharded(self.sampler):
+            return
+        self._warned_unsharded = True
+        warnings.warn(
+            f"torch.distributed is initialized with {world_size} ranks, but this DataLoader's "
+            f"sampler ({type(self.sampler).__name__}) is not distributed-aware, so every rank "
+            "loads the whole dataset; pass sampler=DistributedSampler(dataset) "
+            "(batchloader's or torch's) and call sampler.set_epoch(epoch) each epoch",
+            UserWarning,
+            stacklevel=3,
+        )
+
     # -- settings, read at each iter() ----------------------------------------------
 
     def _fetch_mode(self) -> FetchMode:
@@ -321,6 +359,7 @@ class DataLoader(_TorchDataLoader[T_co]):
             _call_hook(self.dataset, "on_epoch_begin")  # before workers start on the epoch
         if config.num_workers > 0:
             self._check_worker_count()
+        self._check_sharding()
         iterator = self._make_iterator(spec, config)
         pin_fn = make_pin_fn(config.pin_memory_device, stacklevel=3) if config.pin_memory else None
         if pin_fn is not None:

@@ -15,6 +15,10 @@ from typing import Any
 
 import torch
 import torch.utils.data
+from torch.utils.data import RandomSampler as _TorchRandomSampler
+from torch.utils.data import SequentialSampler as _TorchSequentialSampler
+from torch.utils.data import SubsetRandomSampler as _TorchSubsetRandomSampler
+from torch.utils.data import WeightedRandomSampler as _TorchWeightedRandomSampler
 
 from ._batch_sampler import BatchSampler
 from ._distributed_sampler import DistributedSampler
@@ -48,7 +52,7 @@ __all__ = [
 ]
 
 
-class SequentialSampler(Sampler[int]):
+class SequentialSampler(Sampler[int], _TorchSequentialSampler):
     """Yields ``0, 1, ..., len(data_source) - 1``, every epoch.
 
     Args:
@@ -73,7 +77,7 @@ class SequentialSampler(Sampler[int]):
         return _length(self.data_source)
 
 
-class RandomSampler(_EpochState, Sampler[int]):
+class RandomSampler(_EpochState, Sampler[int], _TorchRandomSampler):
     """Yields a random permutation of the indices, or random draws with replacement.
 
     With ``seed=None`` it is torch's ``RandomSampler``, index for index, under
@@ -144,7 +148,7 @@ class RandomSampler(_EpochState, Sampler[int]):
         return self.num_samples
 
 
-class SubsetRandomSampler(Sampler[int]):
+class SubsetRandomSampler(Sampler[int], _TorchSubsetRandomSampler):
     """Yields the given indices in a random order, each once per epoch.
 
     Draws one ``torch.randperm`` from ``generator`` (or the global RNG) at the
@@ -176,7 +180,7 @@ class SubsetRandomSampler(Sampler[int]):
         return len(self.indices)
 
 
-class WeightedRandomSampler(Sampler[int]):
+class WeightedRandomSampler(Sampler[int], _TorchWeightedRandomSampler):
     """Yields ``num_samples`` indices drawn with probability proportional to ``weights``.
 
     One ``torch.multinomial`` per epoch, at the first ``next()``, as torch's

@@ -15,6 +15,7 @@ import dataclasses
 import os
 import pickle
 import traceback
+import warnings
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -116,6 +117,21 @@ def _defaults() -> dict[str, Any]:
     }
 
 
+def _unsharded_warnings() -> list[str]:
+    """The warnings of two epochs of a loader with no DistributedSampler, then of a sharded one."""
+    caught = []
+    for sampler in (None, batchloader.DistributedSampler(SIZE)):
+        with warnings.catch_warnings(record=True) as records:
+            warnings.simplefilter("always")
+            loader = batchloader.DataLoader(
+                RangeDataset(SIZE), batch_size=BATCH_SIZE, sampler=sampler
+            )
+            for _ in EPOCHS:
+                list(loader)
+        caught.append([str(record.message) for record in records])
+    return caught
+
+
 def _scenarios() -> dict[str, Any]:
     return {
         "padded": _sampled(),
@@ -126,6 +142,7 @@ def _scenarios() -> dict[str, Any]:
         "stream_even": _stream(drop_last=True),
         "workers": sorted(_one_epoch(_WhoAmI(), batch_size=None)),
         "defaults": _defaults(),
+        "unsharded_warnings": _unsharded_warnings(),
     }
 
 

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import gc
 import os
+import signal
+import socket
+import subprocess
 import threading
 import time
 from typing import Any
@@ -187,6 +190,37 @@ def assert_no_leaks(
         time.sleep(0.05)
 
 
+def free_ports(count: int) -> list[int]:
+    """Distinct free ports on 127.0.0.1 (held open together, so never the same one twice)."""
+    probes = [socket.socket() for _ in range(count)]
+    try:
+        for probe in probes:
+            probe.bind(("127.0.0.1", 0))
+        return [probe.getsockname()[1] for probe in probes]
+    finally:
+        for probe in probes:
+            probe.close()
+
+
+def run_in_own_session(
+    command: list[str], env: dict[str, str], timeout_s: float
+) -> subprocess.CompletedProcess[str]:
+    """Runs ``command``; on timeout kills its whole process group, so no rank is left behind."""
+    with subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,
+    ) as process:  # fmt: skip
+        try:
+            stdout, stderr = process.communicate(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            stdout, stderr = process.communicate()
+            raise AssertionError(
+                f"timed out after {timeout_s} s\n{stdout}\n{stderr[-4000:]}"
+            ) from None
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
+
+
 def batches_as_lists(loader: Any) -> list[Any]:
     """Every batch of one epoch, converted to plain Python lists for comparison."""
     return [to_python(batch) for batch in loader]
@@ -215,6 +249,8 @@ __all__ = [
     "assert_no_leaks",
     "batches_as_lists",
     "child_pids",
+    "free_ports",
+    "run_in_own_session",
     "shm_segments",
     "to_python",
     "worker_threads",

@@ -15,9 +15,6 @@ import multiprocessing.connection
 import os
 import pickle
 import re
-import signal
-import socket
-import subprocess
 import sys
 import time
 from collections import Counter
@@ -37,6 +34,7 @@ from batchloader.distributed import (
     split_by_rank_and_worker,
 )
 from tests import _ddp_ranks as ranks
+from tests.helpers import free_ports, run_in_own_session
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -68,22 +66,10 @@ def _stop(processes: list[Any]) -> None:
                 process.join(_JOIN_TIMEOUT_S)
 
 
-def _free_ports(count: int) -> list[int]:
-    """Distinct free ports on 127.0.0.1 (held open together, so never the same one twice)."""
-    probes = [socket.socket() for _ in range(count)]
-    try:
-        for probe in probes:
-            probe.bind(("127.0.0.1", 0))
-        return [probe.getsockname()[1] for probe in probes]
-    finally:
-        for probe in probes:
-            probe.close()
-
-
 def launch(world_sizes: tuple[int, ...], out_dir: Path) -> dict[int, list[dict[str, Any]]]:
     """Runs every scenario once per world size; returns what each rank saw, by world size."""
     context = multiprocessing.get_context("spawn")
-    groups = dict(zip(world_sizes, _free_ports(len(world_sizes)), strict=True))
+    groups = dict(zip(world_sizes, free_ports(len(world_sizes)), strict=True))
     processes = [
         context.Process(
             target=ranks.run_rank, args=(rank, groups, str(out_dir)), name=f"rank{rank}"
@@ -404,6 +390,15 @@ def test_all_is_sorted_and_complete():
     assert set(distributed.__all__) == defined_here
 
 
+def test_a_loader_without_a_distributed_sampler_warns_once_per_rank(seen_by_world_size):
+    """Under a group of several ranks, a loader that every rank would read whole warns once."""
+    for seen in seen_by_world_size.values():
+        for rank_seen in seen:
+            unsharded, sharded = rank_seen["unsharded_warnings"]
+            assert len(unsharded) == 1 and "DistributedSampler" in unsharded[0]
+            assert sharded == []
+
+
 def test_shard_info_is_a_frozen_value():
     """``ShardInfo`` cannot be changed after it is made."""
     with pytest.raises(dataclasses.FrozenInstanceError):
@@ -413,32 +408,17 @@ def test_shard_info_is_a_frozen_value():
 # --- the DDP example under torchrun --------------------------------------------------------
 
 
-def _run_in_own_session(command: list[str], env: dict[str, str], timeout_s: float) -> Any:
-    """Runs ``command``; on timeout kills its whole process group, so no rank is left behind."""
-    with subprocess.Popen(
-        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        start_new_session=True,
-    ) as process:  # fmt: skip
-        try:
-            stdout, stderr = process.communicate(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            stdout, stderr = process.communicate()
-            pytest.fail(f"timed out after {timeout_s} s\n{stdout}\n{stderr[-4000:]}")
-    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
-
-
 def test_ddp_example_trains_under_torchrun():
     """``torchrun --nproc_per_node 2 examples/ddp_train.py`` trains; rank 0 alone prints each epoch."""
     command = [
         str(Path(sys.executable).with_name("torchrun")), "--nproc_per_node", "2",
-        "--master_addr", "127.0.0.1", "--master_port", str(_free_ports(1)[0]),
+        "--master_addr", "127.0.0.1", "--master_port", str(free_ports(1)[0]),
         str(REPO / "examples" / "ddp_train.py"), "--epochs", "2", "--samples", "256",
     ]  # fmt: skip
     env = {key: value for key, value in os.environ.items() if key not in _LAUNCHER_VARIABLES}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     env["GLOO_SOCKET_IFNAME"] = "lo"
-    done = _run_in_own_session(command, env, _TORCHRUN_TIMEOUT_S)
+    done = run_in_own_session(command, env, _TORCHRUN_TIMEOUT_S)
     assert done.returncode == 0, done.stderr[-4000:]
     epochs = re.findall(
         r"^epoch (\d+): loss ([\d.]+) \(256 samples, world size 2\)$", done.stdout, re.M

@@ -36,6 +36,7 @@ _FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|~{3,})(?P<info>[^`]*)$"
 _SKIP = re.compile(r"^<!--\s*skip:(?P<reason>.*?)-->$")
 # The warning pin_memory=True gives where there is nothing to pin for; a GPU machine gives none.
 _MACHINE_DEPENDENT_WARNING = r"pin_memory=True but no accelerator is found"
+_FRAMEWORKS = r"(keras|lightning|accelerate|torch)(\.|$)"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,6 +123,9 @@ def test_examples_run(page, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", _MACHINE_DEPENDENT_WARNING, UserWarning)
+        for category in (DeprecationWarning, FutureWarning, UserWarning):
+            # What the frameworks say about their own internals, whichever loader they get.
+            warnings.filterwarnings("ignore", category=category, module=_FRAMEWORKS)
         _run_page(page, blocks)
 
 

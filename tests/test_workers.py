@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+import os
+import signal
+
 import numpy as np
 import pytest
 import torch
@@ -250,3 +254,23 @@ def test_persistent_workers_augment_each_epoch_differently_but_reproducibly():
 def test_different_seeds_give_different_augmentations():
     """Another generator seed changes the augmentations."""
     assert _augmented_epochs(2, seed=1) != _augmented_epochs(2, seed=2)
+
+
+def test_workers_never_run_the_parents_signal_handlers(tmp_path, caplog):
+    """A trainer's SIGTERM/SIGUSR1 handlers stay in the trainer; SIGTERM stops a worker at once."""
+    ran = tmp_path / "handler-ran"
+
+    def handler(signum, frame):
+        with ran.open("a") as out:
+            out.write(f"{os.getpid()} {signum}\n")
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGUSR1)}
+    try:
+        with caplog.at_level(logging.WARNING, logger="batchloader"):
+            loader = DataLoader(RangeDataset(8), batch_size=2, num_workers=2)
+            assert len(list(loader)) == 4  # the epoch's end stops the workers with SIGTERM
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, old)
+    assert not ran.exists()
+    assert not [r for r in caplog.records if "ignored SIGTERM" in r.getMessage()]
