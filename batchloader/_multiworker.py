@@ -309,15 +309,23 @@ class StreamingIter(_BaseIter):
     all have. ``in_order=False`` takes whichever worker has a batch ready.
     """
 
-    def __init__(self, config: LoaderConfig, pool: WorkerPool, *, owns_pool: bool):
+    def __init__(
+        self,
+        config: LoaderConfig,
+        pool: WorkerPool,
+        *,
+        owns_pool: bool,
+        shared_seed: int | None = None,
+    ):
         super().__init__(config, pool, owns_pool=owns_pool)
+        self._shared_seed = shared_seed  # the epoch's seed for a datapipe's shufflers
         self._streams = pool.setup.streams
         self._active = deque(range(config.num_workers))
         self._epoch = -1
         self._begin(self._start_streams)
 
     def _start_streams(self) -> None:
-        self._epoch = self._pool.start_streams()
+        self._epoch = self._pool.start_streams(self._shared_seed)
 
     def _next_result(self) -> tuple[Result, Any] | None:
         while self._active:

@@ -139,7 +139,10 @@ class WorkerPool:
             barrier=ctx.Barrier(n) if iterable else None,
             stop=ctx.Event() if iterable else None,
         )
-        self._pool: Pool = _QuietPool(n, _worker.init_process_worker, (self.setup,), context=ctx)
+        with _worker.forking_workers():
+            self._pool: Pool = _QuietPool(
+                n, _worker.init_process_worker, (self.setup,), context=ctx
+            )
 
     def _start_threads(self, config: LoaderConfig, spec: FetchSpec, base_seed: int) -> None:
         n = config.num_workers
@@ -184,13 +187,13 @@ class WorkerPool:
             _worker.run_task, (task,), callback=on_result, error_callback=on_error
         )
 
-    def start_streams(self) -> int:
+    def start_streams(self, shared_seed: int | None = None) -> int:
         """Starts one stream task per worker for a new epoch; returns the epoch."""
         self.setup.stop.clear()
         self.setup.barrier.reset()
         self._stream_epoch += 1
         self._streams = [
-            self._pool.apply_async(_worker.stream_shard, (self._stream_epoch,))
+            self._pool.apply_async(_worker.stream_shard, (self._stream_epoch, shared_seed))
             for _ in range(self.num_workers)
         ]
         return self._stream_epoch

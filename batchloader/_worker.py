@@ -16,9 +16,11 @@ Wire protocol::
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import enum
 import itertools
+import os
 import queue
 import random
 import signal
@@ -31,7 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import _shm
+from . import _datapipes, _shm
 from ._config import FetchMode, FetchSpec
 from ._errors import _RemoteError
 from .datasets import check_batch
@@ -260,6 +262,8 @@ def _start(setup: WorkerSetup, worker_id: int, *, is_process: bool) -> None:
 
             torch_worker._worker_info = info  # torch.utils.data.get_worker_info() sees it
             _seed_globals(seed, worker_id, setup.base_seed)
+            if _datapipes.is_datapipe(setup.spec.dataset):
+                _datapipes.shard(setup.spec.dataset, setup.num_workers, worker_id)
         if setup.spec.worker_init_fn is not None:
             before = _generator_states() if is_process else None
             setup.spec.worker_init_fn(worker_id)
@@ -285,6 +289,34 @@ def _forget_parent_signal_handlers() -> None:
         if callable(handler) and handler is not signal.default_int_handler:
             signal.signal(signum, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
+
+
+_forking = threading.local()
+
+
+@contextlib.contextmanager
+def forking_workers() -> Iterator[None]:
+    """Marks the forks made in this block (by this thread) as workers.
+
+    A worker forgets the parent's signal handlers the moment it exists, not
+    only in the pool initializer: a SIGTERM that stops a worker still starting
+    up must not run the trainer's handler in it.
+    """
+    _forking.active = True
+    try:
+        yield
+    finally:
+        _forking.active = False
+
+
+def _after_fork_in_child() -> None:
+    if getattr(_forking, "active", False):
+        _forking.active = False
+        _forget_parent_signal_handlers()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def init_process_worker(setup: WorkerSetup) -> None:
@@ -373,7 +405,7 @@ def _put(state: _WorkerState, result: Result) -> bool:
     return False
 
 
-def stream_shard(epoch: int) -> None:
+def stream_shard(epoch: int, shared_seed: int | None = None) -> None:
     """Streams this worker's copy of an iterable dataset into its queue.
 
     One such task per worker per epoch. The barrier makes each land on a
@@ -390,7 +422,7 @@ def stream_shard(epoch: int) -> None:
         _put(state, Result(-1, wid, Status.FATAL, state.init_error, epoch))
         return
     try:
-        iterator = iter(setup.spec.dataset)
+        iterator = iter(_datapipes.seed_epoch(setup.spec.dataset, shared_seed))
     except Exception as e:
         # As in torch: the error is raised for this worker's first batch, then its shard is done.
         if _put(state, Result(-1, wid, Status.ERROR, _RemoteError.capture(e), epoch)):

@@ -25,6 +25,7 @@ from torch.utils.data import IterableDataset as _TorchIterableDataset
 from torch.utils.data.dataloader import _DatasetKind, _InfiniteConstantSampler
 
 from . import _arguments as args
+from . import _datapipes
 from ._config import FetchMode, FetchSpec, LoaderConfig, WorkerKind
 from ._multiworker import MultiWorkerIter, StreamingIter
 from ._pool import WorkerPool
@@ -153,6 +154,15 @@ class DataLoader(_TorchDataLoader[T_co]):
             )
         iterable = isinstance(dataset, _TorchIterableDataset) or is_generator_like(dataset)
         args.check_workers(num_workers, timeout, prefetch_factor, persistent_workers)
+        if _datapipes.is_iter_datapipe(dataset):
+            # As torch: a datapipe's shufflers take the loader's shuffle.
+            dataset, shuffle = _datapipes.set_shuffle(dataset, shuffle), None
+            if num_workers > 0 and thread_pool:
+                raise ValueError(
+                    "a datapipe is sharded per worker process (sharding_filter), so it needs "
+                    "process workers: got thread_pool=True with num_workers="
+                    f"{num_workers}; use thread_pool=False or num_workers=0"
+                )
         args.check_batching(
             iterable=iterable,
             batch_size=batch_size,
@@ -367,6 +377,8 @@ class DataLoader(_TorchDataLoader[T_co]):
             iterator = PinMemoryIter(iterator, pin_fn, queue_depth=_PIN_QUEUE_DEPTH)
         if self._batch_dataset:
             iterator = _EpochHooks(iterator, self.dataset)
+        if self._iterable and self._IterableDataset_len_called is not None:
+            iterator = _LengthCheck(iterator, self, config.num_workers)
         # Weakly: an abandoned epoch's iterator must be collectable, to free its workers.
         self._current = weakref.ref(iterator)
         return iterator
@@ -384,13 +396,19 @@ class DataLoader(_TorchDataLoader[T_co]):
 
     def _make_iterator(self, spec: FetchSpec, config: LoaderConfig) -> Any:
         pool = self._reusable_pool(spec, config) if config.persistent_workers else None
+        shared_seed = None
+        if _datapipes.is_iter_datapipe(spec.dataset):
+            # torch's one seed per epoch for a datapipe's shufflers, the same in every worker.
+            shared_seed = int(
+                torch.empty((), dtype=torch.int64).random_(generator=self.generator).item()
+            )
         if pool is None:
             # torch draws the workers' base seed here, for every iterator.
             base_seed = int(
                 torch.empty((), dtype=torch.int64).random_(generator=self.generator).item()
             )
         if config.num_workers == 0:
-            return _SingleProcessIter(spec, self._index_sampler)
+            return _SingleProcessIter(spec, self._index_sampler, shared_seed)
         if config.persistent_workers:
             if pool is None:
                 pool = self._pool = WorkerPool(config, spec, base_seed)
@@ -402,7 +420,7 @@ class DataLoader(_TorchDataLoader[T_co]):
             pool, owns = WorkerPool(config, spec, base_seed), True
             epoch_seed = mix_seed(base_seed, 0)
         if self._iterable:
-            return StreamingIter(config, pool, owns_pool=owns)
+            return StreamingIter(config, pool, owns_pool=owns, shared_seed=shared_seed)
         return MultiWorkerIter(
             config, pool, iter(self._index_sampler), owns_pool=owns, epoch_seed=epoch_seed
         )
@@ -471,8 +489,11 @@ class _EndlessSampler:
 class _SingleProcessIter:
     """``num_workers=0``: every batch is made in the calling thread."""
 
-    def __init__(self, spec: FetchSpec, index_sampler: Any):
+    def __init__(self, spec: FetchSpec, index_sampler: Any, shared_seed: int | None = None):
         self._spec = spec
+        if _datapipes.is_datapipe(spec.dataset):
+            _datapipes.shard(spec.dataset, 1, 0)
+            _datapipes.seed_epoch(spec.dataset, shared_seed)
         if spec.iterable:
             self._source = iter(spec.dataset)
             self._indices = None
@@ -499,6 +520,43 @@ class _SingleProcessIter:
 
     def adopt_pool(self) -> bool:
         return False  # no workers
+
+
+class _LengthCheck:
+    """torch's warning when an iterable dataset yields more than the ``len(loader)`` it reported."""
+
+    def __init__(self, source: Any, loader: DataLoader[Any], num_workers: int):
+        self._source = source
+        self._dataset = loader.dataset
+        self._reported = loader._IterableDataset_len_called
+        self._num_workers = num_workers
+        self._yielded = 0
+
+    def __iter__(self) -> Iterator[Any]:
+        return self
+
+    def __next__(self) -> Any:
+        batch = next(self._source)
+        self._yielded += 1
+        if self._yielded > self._reported:
+            message = (
+                f"Length of IterableDataset {self._dataset} was reported to be {self._reported} "
+                f"(when accessing len(dataloader)), but {self._yielded} samples have been fetched. "
+            )
+            if self._num_workers > 0:
+                message += (
+                    "For multiprocessing data-loading, this could be caused by not properly "
+                    "configuring the IterableDataset replica at each worker: shard it with "
+                    "torch.utils.data.get_worker_info() (see docs/workers.md)."
+                )
+            warnings.warn(message, UserWarning, stacklevel=2)
+        return batch
+
+    def close(self) -> None:
+        self._source.close()
+
+    def adopt_pool(self) -> bool:
+        return self._source.adopt_pool()
 
 
 def _call_hook(dataset: Any, name: str) -> None:

@@ -378,3 +378,37 @@ def test_a_self_iterating_dataset_works_with_process_workers_under_patched_names
 def test_a_truthy_shuffle_meets_torchs_exclusivity_checks_first():
     with pytest.raises(ValueError, match="sampler option is mutually exclusive with shuffle"):
         DataLoader(RangeDataset(4), sampler=[0, 1], shuffle=3)
+
+
+class _Counting(torch.utils.data.IterableDataset):
+    """Yields 0..19 in every worker: not sharded, so two workers yield it twice."""
+
+    def __iter__(self):
+        return iter(range(20))
+
+    def __len__(self):
+        return 20
+
+
+def test_an_iterable_dataset_longer_than_its_len_warns_like_torch():
+    loader = DataLoader(_Counting(), num_workers=2)
+    it = iter(loader)
+    for _ in range(40):
+        next(it)  # len() not asked yet: no warning (warnings are errors here)
+    assert len(loader) == 20
+    it = iter(loader)
+    for _ in range(20):
+        next(it)
+    with pytest.warns(UserWarning, match=r"but 21 samples have been fetched\. For multiprocessing"):
+        next(it)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning:torch")
+def test_a_datapipe_is_sharded_across_workers_and_shuffled_like_torch():
+    from torch.utils.data.datapipes.iter import IterableWrapper
+
+    pipe = IterableWrapper(range(10)).shuffle().sharding_filter()
+    shuffled = [int(x) for x in DataLoader(pipe, shuffle=True, num_workers=2)]
+    assert sorted(shuffled) == list(range(10))
+    in_order = [int(x) for x in DataLoader(IterableWrapper(range(10)).shuffle(), shuffle=False)]
+    assert in_order == list(range(10))

@@ -272,5 +272,5 @@ def test_workers_never_run_the_parents_signal_handlers(tmp_path, caplog):
     finally:
         for signum, old in previous.items():
             signal.signal(signum, old)
-    assert not ran.exists()
+    assert not ran.exists(), ran.read_text()
     assert not [r for r in caplog.records if "ignored SIGTERM" in r.getMessage()]

@@ -61,7 +61,9 @@ class Recorder(L.LightningModule):
 def main() -> None:
     kind, last_batch = sys.argv[1], (sys.argv[3] if len(sys.argv) > 3 else None)
     loader_cls = batchloader.DataLoader if kind == "batchloader" else torch.utils.data.DataLoader
-    kwargs = {"batch_size": 2} if last_batch is None else {"batch_size": 3, "last_batch": last_batch}
+    kwargs = (
+        {"batch_size": 2} if last_batch is None else {"batch_size": 3, "last_batch": last_batch}
+    )
     L.seed_everything(0)
     trainer = L.Trainer(
         strategy="ddp", devices=2, accelerator="cpu", max_epochs=1, logger=False,

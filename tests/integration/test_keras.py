@@ -6,12 +6,12 @@ import os
 
 os.environ.setdefault("KERAS_BACKEND", "torch")
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import keras
+import numpy as np
+import pytest
+import torch
 
-import batchloader  # noqa: E402
+import batchloader
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore::UserWarning:keras"),
@@ -43,7 +43,11 @@ def _model() -> keras.Model:
 def _run(loader) -> tuple[list[float], float, np.ndarray]:
     model = _model()
     history = model.fit(loader, epochs=3, verbose=0)
-    return history.history["loss"], model.evaluate(loader, verbose=0), model.predict(loader, verbose=0)
+    return (
+        history.history["loss"],
+        model.evaluate(loader, verbose=0),
+        model.predict(loader, verbose=0),
+    )
 
 
 def test_fit_evaluate_predict_match_torchs_loader():

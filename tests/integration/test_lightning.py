@@ -22,7 +22,9 @@ _DDP_TIMEOUT_S = 150
 def _ddp_fit(kind: str, tmp_path: Path, *extra: str) -> dict[int, dict]:
     out = tmp_path / kind
     out.mkdir()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PL_", "LOCAL_RANK", "NODE_RANK"))}
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("PL_", "LOCAL_RANK", "NODE_RANK"))
+    }
     env.update(
         PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])),
         MASTER_ADDR="127.0.0.1",
