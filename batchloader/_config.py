@@ -62,6 +62,9 @@ class LoaderConfig:
     mp_context: multiprocessing.context.BaseContext
     pin_memory: bool
     pin_memory_device: str
+    # Iterable datasets: all workers put into one queue (in_order=False, or a generator
+    # the thread workers share), instead of one queue each taken round-robin.
+    merged_streams: bool = False
 
     @property
     def max_in_flight(self) -> int:

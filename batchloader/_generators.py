@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import itertools
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Generic, TypeVar, overload
@@ -38,6 +39,8 @@ class ThreadSafeIterator(Iterator[T], Generic[T]):
     def __init__(self, iterator: Iterator[T]) -> None:
         self._iterator = iterator
         self._lock = threading.Lock()
+        self._epoch: object = None
+        self._taken = 0
 
     def __iter__(self) -> ThreadSafeIterator[T]:
         return self
@@ -45,6 +48,22 @@ class ThreadSafeIterator(Iterator[T], Generic[T]):
     def __next__(self) -> T:
         with self._lock:
             return next(self._iterator)
+
+    def take(self, count: int, epoch: object = None) -> tuple[int, list[T]]:
+        """Up to ``count`` consecutive items, taken under the lock, and their batch number.
+
+        Thread workers take whole batches this way, so a batch is a run of
+        consecutive items and only the stream's end makes a short one. Batches
+        are numbered 0, 1, ... within each ``epoch`` (any value naming it).
+        """
+        with self._lock:
+            if epoch != self._epoch:
+                self._epoch, self._taken = epoch, 0
+            items = list(itertools.islice(self._iterator, count))
+            number = self._taken
+            if items:
+                self._taken += 1
+        return number, items
 
     def close(self) -> None:
         """Closes the wrapped generator (runs its ``finally`` blocks), if it can be closed."""

@@ -306,7 +306,10 @@ class StreamingIter(_BaseIter):
 
     Batches are taken round-robin over the workers still streaming (as torch
     does); a worker whose shard ends leaves the rotation; the epoch ends when
-    all have. ``in_order=False`` takes whichever worker has a batch ready.
+    all have. With merged streams (one queue for all workers) the iterator
+    waits on that queue: ``in_order=False`` hands over whichever batch comes
+    first, and a generator shared by thread workers is handed over in the
+    order its batches were taken from it.
     """
 
     def __init__(
@@ -322,48 +325,65 @@ class StreamingIter(_BaseIter):
         self._streams = pool.setup.streams
         self._active = deque(range(config.num_workers))
         self._epoch = -1
+        self._reorder: dict[int, Result] = {}  # merged, in order: batch number -> result
+        self._next_id = 0
         self._begin(self._start_streams)
 
     def _start_streams(self) -> None:
         self._epoch = self._pool.start_streams(self._shared_seed)
 
     def _next_result(self) -> tuple[Result, Any] | None:
+        if self._config.merged_streams:
+            return self._next_merged()
         while self._active:
-            result = self._get_in_turn() if self._config.in_order else self._get_any()
-            if result is None or result.epoch != self._epoch:
-                if result is not None:
-                    self._pool.release(result)
+            result = self._get(self._streams[self._active[0]])
+            if result is None:
                 continue
             if result.status is Status.EXHAUSTED:
                 self._active.remove(result.worker_id)
                 continue
-            if self._config.in_order:
-                self._active.rotate(-1)
+            self._active.rotate(-1)
             return result, None
         return None
 
-    def _get_in_turn(self) -> Result | None:
+    def _next_merged(self) -> tuple[Result, Any] | None:
+        while True:
+            if self._next_id in self._reorder:
+                self._next_id += 1
+                return self._reorder.pop(self._next_id - 1), None
+            if not self._active:  # every stream has ended: what is left, in order
+                return (self._reorder.pop(min(self._reorder)), None) if self._reorder else None
+            result = self._get(self._streams[0])
+            if result is None:
+                continue
+            if result.status is Status.EXHAUSTED:
+                self._active.remove(result.worker_id)
+            elif result.status is not Status.OK or not self._config.in_order:
+                return result, None
+            else:
+                self._reorder[result.batch_id] = result
+
+    def _get(self, stream: Any) -> Result | None:
+        """The stream's next result of this epoch; None after an idle poll or a stale result."""
         try:
-            return self._streams[self._active[0]].get(timeout=_POLL_INTERVAL_S)
+            result = stream.get(timeout=_POLL_INTERVAL_S)
         except queue.Empty:
             self._check()
             return None
-
-    def _get_any(self) -> Result | None:
-        for worker_id in self._active:
-            try:
-                return self._streams[worker_id].get_nowait()
-            except queue.Empty:
-                continue
-        self._check()
-        time.sleep(_POLL_INTERVAL_S / 20)
-        return None
+        if result.epoch != self._epoch:
+            self._pool.release(result)
+            return None
+        return result
 
     def _waiting_for(self) -> str:
+        if self._config.merged_streams:
+            return f"the next batch from any of workers {sorted(self._active)}"
         return f"the next batch from worker {self._active[0]}"
 
     def _take_pending(self) -> list[Result]:
-        return []
+        pending = list(self._reorder.values())
+        self._reorder.clear()
+        return pending
 
     def _stop_work(self) -> None:
         if not self._owns_pool and not self._pool.closed:

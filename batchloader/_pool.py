@@ -68,7 +68,26 @@ def check_picklable(spec: FetchSpec, start_method: str) -> None:
 
 def _start_settings(config: LoaderConfig) -> tuple[Any, ...]:
     """The parts of a config a started pool cannot change."""
-    return (config.num_workers, config.worker_kind, config.prefetch_factor, config.mp_context)
+    return (
+        config.num_workers,
+        config.worker_kind,
+        config.prefetch_factor,
+        config.mp_context,
+        config.merged_streams,
+    )
+
+
+# Stream epochs are unique in the process: a generator shared by several pools' thread
+# workers numbers its batches afresh for each epoch of any of them.
+_stream_epochs = itertools.count()
+
+
+def _stream_queues(make: Callable[[int], Any], config: LoaderConfig) -> list[Any]:
+    """One bounded queue per worker, or one queue they all share (merged streams)."""
+    n, depth = config.num_workers, config.prefetch_factor
+    if config.merged_streams:
+        return [make(depth * n)] * n
+    return [make(depth) for _ in range(n)]
 
 
 def _exit_description(exitcode: int) -> str:
@@ -108,7 +127,7 @@ class WorkerPool:
         self._started_with = _start_settings(config)
         self._closed = False
         self.broken = False
-        self._stream_epoch = 0
+        self._stream_epoch = -1
         self._streams: list[Any] = []
         if self.kind is WorkerKind.PROCESS:
             self._start_processes(config, spec, base_seed)
@@ -135,7 +154,7 @@ class WorkerPool:
             shm_prefix=self.prefix,
             id_source=ctx.Value("i", 0),
             leases=leases,
-            streams=[ctx.Queue(config.prefetch_factor) for _ in range(n)] if iterable else None,
+            streams=_stream_queues(ctx.Queue, config) if iterable else None,
             barrier=ctx.Barrier(n) if iterable else None,
             stop=ctx.Event() if iterable else None,
         )
@@ -155,7 +174,7 @@ class WorkerPool:
             base_seed=base_seed,
             shm_prefix=None,
             id_source=itertools.count(),
-            streams=[queue.Queue(config.prefetch_factor) for _ in range(n)] if iterable else None,
+            streams=_stream_queues(queue.Queue, config) if iterable else None,
             barrier=threading.Barrier(n) if iterable else None,
             stop=threading.Event() if iterable else None,
         )
@@ -191,7 +210,7 @@ class WorkerPool:
         """Starts one stream task per worker for a new epoch; returns the epoch."""
         self.setup.stop.clear()
         self.setup.barrier.reset()
-        self._stream_epoch += 1
+        self._stream_epoch = next(_stream_epochs)
         self._streams = [
             self._pool.apply_async(_worker.stream_shard, (self._stream_epoch, shared_seed))
             for _ in range(self.num_workers)
@@ -286,7 +305,7 @@ def _shutdown(state: tuple[Any, ...]) -> None:
                 thread.join(_THREAD_JOIN_S)
     finally:
         if setup.streams is not None and kind is WorkerKind.PROCESS:
-            for stream in setup.streams:
+            for stream in {id(s): s for s in setup.streams}.values():
                 stream.close()
                 stream.cancel_join_thread()
         if prefix is not None:

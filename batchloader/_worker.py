@@ -372,6 +372,19 @@ def next_iterable_batch(spec: FetchSpec, iterator: Iterator[Any]) -> Any:
     return spec.collate_fn(items)
 
 
+def _next_shared_batch(spec: FetchSpec, take: Any, epoch: int) -> tuple[int, Any]:
+    """The next batch of a generator the thread workers share, and its number in the epoch.
+
+    The whole batch is taken under the generator's lock, so its items are
+    consecutive; raises StopIteration at the end, as :func:`next_iterable_batch`.
+    """
+    single = spec.mode is FetchMode.ITERABLE_SINGLE
+    number, items = take(1 if single else spec.batch_size, epoch)
+    if not items or (not single and spec.drop_last and len(items) < spec.batch_size):
+        raise StopIteration
+    return number, spec.collate_fn(items[0] if single else items)
+
+
 def _outgoing(state: _WorkerState, batch: Any) -> Any:
     return batch if state.setup.shm_prefix is None else _shm.pack(batch)
 
@@ -428,9 +441,13 @@ def stream_shard(epoch: int, shared_seed: int | None = None) -> None:
         if _put(state, Result(-1, wid, Status.ERROR, _RemoteError.capture(e), epoch)):
             _put(state, Result(0, wid, Status.EXHAUSTED, None, epoch))
         return
+    take = getattr(iterator, "take", None)  # a generator shared by thread workers
     for n in itertools.count():
         try:
-            batch = next_iterable_batch(setup.spec, iterator)
+            if take is None:
+                batch = next_iterable_batch(setup.spec, iterator)
+            else:
+                n, batch = _next_shared_batch(setup.spec, take, epoch)
         except StopIteration:
             _put(state, Result(n, wid, Status.EXHAUSTED, None, epoch))
             return

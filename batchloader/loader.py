@@ -33,6 +33,7 @@ from ._typing import T_co
 from ._worker import fetch_batch, mix_seed, next_iterable_batch
 from .collate import default_collate, default_convert
 from .datasets import (
+    ThreadSafeIterator,
     batch_dataset_options,
     generator_with_processes_error,
     is_batch_dataset,
@@ -355,6 +356,8 @@ class DataLoader(_TorchDataLoader[T_co]):
             mp_context=self.multiprocessing_context or multiprocessing.get_context("fork"),
             pin_memory=self.pin_memory,
             pin_memory_device=self.pin_memory_device,
+            merged_streams=self._iterable
+            and (not self.in_order or isinstance(self.dataset, ThreadSafeIterator)),
         )
         return spec, config
 

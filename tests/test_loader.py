@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import time
 
 import numpy as np
 import pytest
@@ -273,3 +274,37 @@ def test_worker_error_passes_through_the_pin_stage(monkeypatch):
     loader = DataLoader(FailingDataset(9, bad=4), batch_size=2, pin_memory=True, num_workers=2)
     with pytest.raises(KeyError, match="sample 4 is corrupt"):
         list(loader)
+
+
+def _yielding(n):
+    """A generator that lets other threads run between items, as I/O does."""
+    for i in range(n):
+        time.sleep(0)
+        yield i
+
+
+@pytest.mark.parametrize("last_batch", ["keep", "discard"])
+def test_thread_workers_take_consecutive_batches_from_a_shared_generator(last_batch):
+    batches = [
+        b.tolist()
+        for b in DataLoader(
+            _yielding(1003), batch_size=10, last_batch=last_batch, num_workers=4, thread_pool=True
+        )
+    ]
+    assert [x for b in batches for x in b] == list(range(1000 if last_batch == "discard" else 1003))
+    assert all(b == list(range(b[0], b[0] + len(b))) for b in batches)
+
+
+def test_only_the_last_batch_from_a_shared_generator_is_short():
+    loader = DataLoader(_yielding(1003), batch_size=10, num_workers=4, thread_pool=True)
+    assert [len(b) for b in loader] == [10] * 100 + [3]
+
+
+def test_out_of_order_thread_workers_wait_for_results_instead_of_polling(monkeypatch):
+    def no_sleeping(seconds):
+        raise AssertionError(f"the iterator slept {seconds} s instead of waiting on a result")
+
+    items = list(range(300))
+    monkeypatch.setattr(time, "sleep", no_sleeping)
+    got = DataLoader(iter(items), batch_size=None, num_workers=4, thread_pool=True, in_order=False)
+    assert sorted(int(x) for x in got) == items
