@@ -88,7 +88,9 @@ class BatchDatasetOptions:
     @property
     def num_workers(self) -> int:
         """The loader's ``num_workers``: 0 (main process) when Keras would not start workers."""
-        return self.workers if self.workers > 1 or self.use_multiprocessing else 0
+        return (
+            self.workers if self.workers > 1 or (self.workers and self.use_multiprocessing) else 0
+        )
 
     @property
     def thread_pool(self) -> bool:
@@ -106,12 +108,14 @@ class BatchDatasetOptions:
 def validate_option(name: str, value: Any) -> Any:
     """``value`` checked (and ints normalised) for option ``name``; raises naming both."""
     if name == "use_multiprocessing":
-        if not isinstance(value, bool | np.bool_):
+        # Keras tests it for truth: 0 and 1 are as good as False and True.
+        if not isinstance(value, bool | np.bool_ | int | np.integer):
             raise TypeError(f"use_multiprocessing={value!r} must be True or False")
         return bool(value)
     if name not in ("workers", "max_queue_size"):
         raise RuntimeError(f"[INTERNAL ERROR] validate_option got unknown option {name!r}")
-    return _count(name, value, minimum=1)
+    # workers=0 loads in the main process, as Keras does with it.
+    return _count(name, value, minimum=0 if name == "workers" else 1)
 
 
 def _count(name: str, value: Any, *, minimum: int = 0) -> int:
@@ -164,7 +168,9 @@ def is_batch_dataset(obj: Any) -> bool:
 
     True for :class:`~batchloader.datasets.BatchDataset` and Keras's
     ``PyDataset``/``Sequence`` (by module and class name, Keras is not imported),
-    and for any object with ``__getitem__`` and a ``num_batches`` attribute.
+    for any object with ``__getitem__`` and a ``num_batches`` attribute, and
+    for one that follows Keras's protocol without its base class: it has all
+    of ``workers``, ``use_multiprocessing`` and ``max_queue_size``.
     A plain map-style dataset (``__getitem__`` and ``__len__`` only) is not one:
     nothing tells its samples from batches.
     """
@@ -173,7 +179,11 @@ def is_batch_dataset(obj: Any) -> bool:
         getattr(cls, "__getitem__", None)
     ):
         return False
-    return _from_keras(cls) or inspect.getattr_static(obj, "num_batches", _MISSING) is not _MISSING
+    if _from_keras(cls):
+        return True
+    return inspect.getattr_static(obj, "num_batches", _MISSING) is not _MISSING or all(
+        inspect.getattr_static(obj, name, _MISSING) is not _MISSING for name in _DEFAULTS
+    )
 
 
 def batch_dataset_options(obj: Any, *, stacklevel: int = 2) -> BatchDatasetOptions:

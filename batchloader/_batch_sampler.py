@@ -50,9 +50,10 @@ class BatchSampler(Sampler[list[int]], _TorchBatchSampler):
         epoch 1: [a8 a9 b0 b1] [b2 b3 b4 b5] [b6 b7 b8 b9]    len 3, nothing carried
 
     With rollover, ``len()`` is what the next iteration yields, so it depends
-    on the carry. The carry is replaced when an iteration hands out its last
-    batch (the sampler is read one batch ahead to know which is last); an
-    iteration abandoned earlier leaves it. Keep one rollover iteration live.
+    on the carry. As in Gluon, an iteration spends the carry when it starts
+    (from then on ``len()`` counts without it) and leaves its own remainder as
+    the new carry only when it runs to its end; an iteration abandoned before
+    its end leaves nothing carried.
 
     Args:
         sampler: any iterable of indices (ours, torch's, a list or range);
@@ -108,14 +109,12 @@ class BatchSampler(Sampler[list[int]], _TorchBatchSampler):
                 yield batch
 
     def _iter_rollover(self) -> Iterator[list[int]]:
-        stream = itertools.chain(self.carried, self.sampler)
-        batch = list(itertools.islice(stream, self.batch_size))
-        while len(batch) == self.batch_size:
-            following = list(itertools.islice(stream, self.batch_size))
-            if len(following) < self.batch_size:
-                self.carried = tuple(following)  # before the epoch's last batch goes out
+        # As Gluon: starting the epoch spends the carry, and the epoch's own remainder
+        # becomes the carry only when the epoch runs to its end.
+        carried, self.carried = self.carried, ()
+        indices = itertools.chain(carried, self.sampler)
+        while len(batch := list(itertools.islice(indices, self.batch_size))) == self.batch_size:
             yield batch
-            batch = following
         self.carried = tuple(batch)
 
     def __len__(self) -> int:

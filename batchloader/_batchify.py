@@ -50,6 +50,8 @@ class Stack:
     Python floats become float64, ints int64, as in :func:`default_collate`.
 
     Args:
+        dtype: the batch's dtype (numpy dtype, torch dtype or name), as GluonNLP's
+            ``Stack(dtype)``; by default the samples' own.
         output: ``'torch'`` for a tensor (in shared memory inside a worker) or
             ``'numpy'`` for an array.
 
@@ -59,12 +61,20 @@ class Stack:
                 [3, 4]])
     """
 
-    __slots__ = ("output",)
+    __slots__ = ("_dtype", "dtype", "output")
 
-    def __init__(self, *, output: _Output = "torch") -> None:
+    def __init__(self, dtype: Any = None, *, output: _Output = "torch") -> None:
         self.output = _validate_output("Stack", output)
+        self.dtype = dtype
+        self._dtype = None if dtype is None else _resolve_dtype("Stack", dtype, self.output)
 
     def __call__(self, data: Sequence[Any]) -> torch.Tensor | np.ndarray:
+        batch = self._stack(data)
+        if self._dtype is None:
+            return batch
+        return batch.astype(self._dtype) if self.output == "numpy" else batch.to(self._dtype)
+
+    def _stack(self, data: Sequence[Any]) -> torch.Tensor | np.ndarray:
         _require_samples("Stack", data)
         if self.output == "numpy":
             return _stack_arrays([_to_array(x) for x in data])
@@ -76,10 +86,13 @@ class Stack:
         return _stack_tensors([_to_tensor(x) for x in data], error=ValueError)
 
     def __repr__(self) -> str:
-        return "Stack()" if self.output == "torch" else f"Stack(output={self.output!r})"
+        options = [f"dtype={self.dtype!r}"] if self.dtype is not None else []
+        if self.output != "torch":
+            options.append(f"output={self.output!r}")
+        return f"Stack({', '.join(options)})"
 
 
-def _resolve_dtype(dtype: Any, output: _Output) -> torch.dtype | np.dtype:
+def _resolve_dtype(owner: str, dtype: Any, output: _Output) -> torch.dtype | np.dtype:
     """``dtype`` as the torch or numpy dtype that ``output`` needs."""
     try:
         if isinstance(dtype, torch.dtype):
@@ -92,7 +105,7 @@ def _resolve_dtype(dtype: Any, output: _Output) -> torch.dtype | np.dtype:
         if output == "torch" and isinstance(by_name, torch.dtype):
             return by_name  # names numpy lacks, e.g. "bfloat16"
         raise TypeError(
-            f"Pad: dtype must be a numpy dtype, torch dtype or dtype name that {output} "
+            f"{owner}: dtype must be a numpy dtype, torch dtype or dtype name that {output} "
             f"output can hold; got {dtype!r}"
         ) from e
 
@@ -117,14 +130,16 @@ class Pad:
 
     Args:
         axis: the axis of each sample that varies in length (negative counts from the end).
-        pad_val: the value written past each sample's end.
+        pad_val: the value written past each sample's end; None means 0 (GluonNLP's
+            default, which GluonNLP also warns about). It must fit the batch's dtype.
         ret_length: also return the samples' lengths, as an int64 tensor or array.
         dtype: the batch's dtype (numpy dtype, torch dtype or name); by default the
             samples' common dtype.
         round_to: pad to a multiple of this length (fewer distinct shapes, e.g. for kernels).
         output: ``'torch'`` or ``'numpy'``.
 
-    Samples must agree on every axis but ``axis``.
+    Samples must agree on every axis but ``axis``. An empty sample (``[]``)
+    takes the batch's dtype: only non-empty samples decide it.
 
     Example:
         >>> Pad(pad_val=-1, ret_length=True)([[1, 2, 3], [4]])
@@ -137,16 +152,17 @@ class Pad:
     def __init__(
         self,
         axis: int = 0,
-        pad_val: float = 0,
+        pad_val: float | None = 0,
         ret_length: bool = False,
         dtype: Any = None,
-        *,
         round_to: int | None = None,
+        *,
         output: _Output = "torch",
     ) -> None:
+        pad_val = 0 if pad_val is None else pad_val
         _validate_pad_args(axis, pad_val, ret_length, round_to)
         self.output = _validate_output("Pad", output)
-        self._dtype = None if dtype is None else _resolve_dtype(dtype, self.output)
+        self._dtype = None if dtype is None else _resolve_dtype("Pad", dtype, self.output)
         self.axis, self.pad_val, self.ret_length = axis, pad_val, ret_length
         self.dtype, self.round_to = dtype, round_to
 
@@ -162,6 +178,7 @@ class Pad:
         shape = list(samples[0].shape)
         shape[axis] = longest
         out = self._allocate((len(samples), *shape), samples)
+        _check_fits(self.pad_val, out.dtype)
         before = (slice(None),) * axis
         for row, sample, n in zip(out, samples, lengths, strict=True):
             row[(*before, slice(0, n))] = sample
@@ -193,16 +210,39 @@ class Pad:
         return axis
 
     def _allocate(self, shape: tuple[int, ...], samples: Sequence[Any]) -> Any:
+        # An empty sample ([] is float64 to NumPy) says nothing of the batch's dtype.
+        typed = [s for s in samples if s.shape[self.axis % s.ndim] > 0] or samples
         if self.output == "numpy":
-            common = np.result_type(*(s.dtype for s in samples))
+            common = np.result_type(*(s.dtype for s in typed))
             return np.empty(shape, dtype=common if self._dtype is None else self._dtype)
-        common = functools.reduce(torch.promote_types, (s.dtype for s in samples))
+        common = functools.reduce(torch.promote_types, (s.dtype for s in typed))
         return _shm.empty(shape, common if self._dtype is None else self._dtype)
 
     def __repr__(self) -> str:
         return (
             f"Pad(axis={self.axis}, pad_val={self.pad_val!r}, ret_length={self.ret_length}, "
             f"dtype={self.dtype!r}, round_to={self.round_to!r}, output={self.output!r})"
+        )
+
+
+def _check_fits(pad_val: Any, dtype: torch.dtype | np.dtype) -> None:
+    """Refuses a pad value the batch's dtype cannot hold (torch would wrap it, NumPy raise)."""
+    if isinstance(dtype, torch.dtype):
+        if dtype.is_floating_point or dtype.is_complex:
+            return
+        info: Any = torch.iinfo(dtype) if dtype != torch.bool else None
+    else:
+        if dtype.kind not in "iub":
+            return
+        info = np.iinfo(dtype) if dtype.kind != "b" else None
+    if info is None:
+        fits = pad_val in (0, 1)
+    else:
+        fits = float(pad_val).is_integer() and info.min <= pad_val <= info.max
+    if not fits:
+        raise ValueError(
+            f"Pad: pad_val={pad_val!r} does not fit the batch's dtype {dtype}; pass a pad_val "
+            "it can hold, or a wider dtype="
         )
 
 

@@ -529,6 +529,15 @@ class BatchDataset(Dataset[Any]):
             "(an int, or None for an endless dataset)"
         )
 
+    def __iter__(self) -> Iterator[Any]:
+        """Batches ``0 .. num_batches - 1`` in order, as Keras's ``PyDataset`` yields them.
+
+        An endless dataset (``num_batches`` is None) yields batches for ever.
+        """
+        count = self.num_batches
+        for index in itertools.count() if count is None else range(count):
+            yield self[index]
+
     def on_epoch_begin(self) -> None:
         """Called in the main process before the first batch of every epoch."""
 

@@ -91,11 +91,6 @@ def _world_size() -> int:
     return dist.get_world_size()
 
 
-def _endless() -> Iterator[int]:
-    """Batch indices of an infinite batch dataset: 0, 1, 2, ..."""
-    return itertools.count()
-
-
 class DataLoader(_TorchDataLoader[T_co]):
     """Loads batches from a dataset; a drop-in for ``torch.utils.data.DataLoader``.
 
@@ -212,6 +207,7 @@ class DataLoader(_TorchDataLoader[T_co]):
         self._iterator = None  # torch's attribute; frameworks reset it to None
         self._IterableDataset_len_called = None
         self._warned_unsharded = False
+        self._keras_epoch: _KerasEpoch | None = None
         self._DataLoader__initialized = True
         self._check_worker_count()
 
@@ -253,11 +249,11 @@ class DataLoader(_TorchDataLoader[T_co]):
             )
         options = batch_dataset_options(dataset)
         self._num_batches = options.num_batches
-        if num_workers == 0 and (options.workers > 1 or options.use_multiprocessing):
-            num_workers = options.workers
-            thread_pool = not options.use_multiprocessing
+        if num_workers == 0 and options.num_workers > 0:
+            num_workers = options.num_workers
+            thread_pool = options.thread_pool
             if prefetch_factor is None:
-                prefetch_factor = max(1, options.max_queue_size // num_workers)
+                prefetch_factor = options.prefetch_factor
         return None, num_workers, thread_pool, prefetch_factor
 
     def _make_samplers(
@@ -369,6 +365,7 @@ class DataLoader(_TorchDataLoader[T_co]):
         if config.persistent_workers and previous is not None:
             previous.close()
         if self._batch_dataset:
+            self._end_keras_epoch()  # an epoch left early ends when the next one begins
             _call_hook(self.dataset, "on_epoch_begin")  # before workers start on the epoch
         if config.num_workers > 0:
             self._check_worker_count()
@@ -379,7 +376,8 @@ class DataLoader(_TorchDataLoader[T_co]):
             # The workers already keep max_in_flight batches ready; two pinned ones suffice.
             iterator = PinMemoryIter(iterator, pin_fn, queue_depth=_PIN_QUEUE_DEPTH)
         if self._batch_dataset:
-            iterator = _EpochHooks(iterator, self.dataset)
+            self._keras_epoch = _KerasEpoch(self.dataset, self.sampler)
+            iterator = _EpochHooks(iterator, self._keras_epoch)
         if self._iterable and self._IterableDataset_len_called is not None:
             iterator = _LengthCheck(iterator, self, config.num_workers)
         # Weakly: an abandoned epoch's iterator must be collectable, to free its workers.
@@ -440,12 +438,21 @@ class DataLoader(_TorchDataLoader[T_co]):
 
     # -- lifetime -------------------------------------------------------------------
 
+    def _end_keras_epoch(self) -> None:
+        if self._keras_epoch is not None:
+            self._keras_epoch.end()
+            self._keras_epoch = None
+
     def close(self) -> None:
-        """Stops the current epoch's iterator and every worker; idempotent."""
+        """Stops the current epoch's iterator and every worker; idempotent.
+
+        For a batch dataset, also ends its epoch (``on_epoch_end``) if one was left early.
+        """
         iterator = self._current()
         if iterator is not None:
             iterator.close()
         self._current = _no_iterator
+        self._end_keras_epoch()
         if self._pool is not None:
             self._pool.close()
             self._pool = None
@@ -480,10 +487,17 @@ class DataLoader(_TorchDataLoader[T_co]):
 
 
 class _EndlessSampler:
-    """Indices 0, 1, 2, ... for a batch dataset with no end."""
+    """Batch indices of a batch dataset with no end: each epoch goes on from the last.
+
+    As Keras does with an endless ``PyDataset``, an epoch starts after the last
+    batch the previous epoch handed out (``position``), not at 0.
+    """
+
+    def __init__(self) -> None:
+        self.position = 0
 
     def __iter__(self) -> Iterator[int]:
-        return _endless()
+        return itertools.count(self.position)
 
     def __len__(self) -> int:
         raise TypeError("an infinite batch dataset (num_batches=None) has no len()")
@@ -568,28 +582,52 @@ def _call_hook(dataset: Any, name: str) -> None:
         hook()
 
 
-class _EpochHooks:
-    """Calls a batch dataset's ``on_epoch_end`` in the main process, once, after its last batch."""
+class _KerasEpoch:
+    """One epoch of a batch dataset: counts what it handed out and ends once.
 
-    def __init__(self, source: Any, dataset: Any):
-        self._source = source
+    Ending calls ``on_epoch_end`` in the main process, and moves an endless
+    dataset's sampler past the batches handed out, so the next epoch goes on
+    from there. An epoch ends when it runs out, when its iterator is closed,
+    or, if it was left early, when the next epoch begins or the loader closes.
+    """
+
+    def __init__(self, dataset: Any, sampler: Any):
         self._dataset = dataset
+        self._sampler = sampler
+        self.delivered = 0
         self._ended = False
+
+    def end(self) -> None:
+        if self._ended:
+            return
+        self._ended = True
+        if isinstance(self._sampler, _EndlessSampler):
+            self._sampler.position += self.delivered
+        _call_hook(self._dataset, "on_epoch_end")
+
+
+class _EpochHooks:
+    """A batch dataset's epoch: counts batches handed out, and ends the epoch at its end."""
+
+    def __init__(self, source: Any, epoch: _KerasEpoch):
+        self._source = source
+        self._epoch = epoch
 
     def __iter__(self) -> Iterator[Any]:
         return self
 
     def __next__(self) -> Any:
         try:
-            return next(self._source)
+            batch = next(self._source)
         except StopIteration:
-            if not self._ended:
-                self._ended = True
-                _call_hook(self._dataset, "on_epoch_end")
+            self._epoch.end()
             raise
+        self._epoch.delivered += 1
+        return batch
 
     def close(self) -> None:
         self._source.close()
+        self._epoch.end()
 
     def adopt_pool(self) -> bool:
         return self._source.adopt_pool()

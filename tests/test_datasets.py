@@ -16,7 +16,7 @@ import torch.utils.data
 from hypothesis import given
 from hypothesis import strategies as st
 
-from batchloader import datasets
+from batchloader import DataLoader, datasets
 from batchloader.datasets import (
     ArrayDataset,
     BatchDataset,
@@ -557,8 +557,7 @@ def test_batch_dataset_defaults_are_keras_defaults():
 @pytest.mark.parametrize(
     ("kwargs", "error", "message"),
     [
-        ({"workers": 0}, ValueError, "workers=0 must be at least 1"),
-        ({"workers": -2}, ValueError, "workers=-2 must be at least 1"),
+        ({"workers": -2}, ValueError, "workers=-2 must be at least 0"),
         ({"max_queue_size": -1}, ValueError, "max_queue_size=-1 must be at least 1"),
         ({"workers": 1.5}, TypeError, "workers=1.5 must be an int"),
         ({"workers": True}, TypeError, "workers=True must be an int, not a bool"),
@@ -591,7 +590,7 @@ def test_options_error_names_the_dataset():
     """An invalid option read from a dataset says which dataset it came from."""
 
     class Duck:
-        workers = 0
+        workers = -1
 
         def __getitem__(self, i):
             return (i,)
@@ -599,7 +598,7 @@ def test_options_error_names_the_dataset():
         def __len__(self):
             return 1
 
-    with pytest.raises(ValueError, match="workers=0") as info:
+    with pytest.raises(ValueError, match="workers=-1") as info:
         batch_dataset_options(Duck())
     assert "(read from the batch dataset " in "".join(info.value.__notes__)
 
@@ -820,3 +819,50 @@ def test_all_is_sorted_and_complete():
     assert datasets.__all__ == sorted(datasets.__all__)
     for name in datasets.__all__:
         assert hasattr(datasets, name), name
+
+
+def test_keras_option_values_keras_accepts_are_accepted():
+    """As in Keras: workers=0 loads in the main process, and use_multiprocessing is tested for truth."""
+    opts = BatchDatasetOptions(workers=0, use_multiprocessing=1)
+    assert (opts.num_workers, opts.use_multiprocessing) == (0, True)
+    assert BatchDatasetOptions(workers=2, use_multiprocessing=0).thread_pool
+
+
+def test_iterating_a_batch_dataset_yields_its_batches_and_stops():
+    class Three(BatchDataset):
+        def __len__(self):
+            return 3
+
+        def __getitem__(self, i):
+            return (np.arange(2 * i, min(2 * i + 2, 5)),)
+
+    batches = list(itertools.islice(iter(Three()), 6))
+    assert [b[0].tolist() for b in batches] == [[0, 1], [2, 3], [4]]
+
+
+def test_an_object_following_keras_protocol_is_taken_as_a_batch_dataset():
+    """No base class and no num_batches, but Keras's options and hooks: a batch dataset."""
+
+    class Duck:
+        workers, use_multiprocessing, max_queue_size = 2, False, 4
+
+        def __init__(self):
+            self.calls = []
+
+        def __len__(self):
+            return 2
+
+        def __getitem__(self, i):
+            return (np.full(3, i),)
+
+        def on_epoch_begin(self):
+            self.calls.append("begin")
+
+        def on_epoch_end(self):
+            self.calls.append("end")
+
+    duck = Duck()
+    loader = DataLoader(duck, batch_size=None)
+    assert (loader.num_workers, loader.thread_pool) == (2, True)
+    assert [x.tolist() for (x,) in loader] == [[0, 0, 0], [1, 1, 1]]
+    assert duck.calls == ["begin", "end"]

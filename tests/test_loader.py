@@ -308,3 +308,55 @@ def test_out_of_order_thread_workers_wait_for_results_instead_of_polling(monkeyp
     monkeypatch.setattr(time, "sleep", no_sleeping)
     got = DataLoader(iter(items), batch_size=None, num_workers=4, thread_pool=True, in_order=False)
     assert sorted(int(x) for x in got) == items
+
+
+def test_rollover_after_an_abandoned_epoch_starts_afresh_like_gluon():
+    loader = DataLoader(ArrayDataset(np.arange(42)), batch_size=4, last_batch="rollover")
+    assert len(list(loader)) == 10  # carries 40, 41
+    abandoned = iter(loader)
+    assert next(abandoned).tolist() == [40, 41, 0, 1]
+    del abandoned
+    batches = [b.tolist() for b in loader]
+    assert batches[0] == [0, 1, 2, 3] and len(batches) == 10
+
+
+class _EndlessRecorder(BatchDataset):
+    """An endless batch dataset that records its epoch hooks."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.calls = []
+
+    @property
+    def num_batches(self):
+        return None
+
+    def __getitem__(self, i):
+        return (np.array([i]),)
+
+    def on_epoch_begin(self):
+        self.calls.append("begin")
+
+    def on_epoch_end(self):
+        self.calls.append("end")
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_an_endless_batch_dataset_goes_on_where_the_last_epoch_stopped(workers):
+    dataset = _EndlessRecorder(workers=workers)
+    loader = DataLoader(dataset, batch_size=None)
+    epochs = []
+    for _ in range(3):
+        epochs.append([int(x[0]) for _, (x,) in zip(range(3), loader, strict=False)])
+    loader.close()
+    assert epochs == [[0, 1, 2], [3, 4, 5], [6, 7, 8]]
+    assert dataset.calls == ["begin", "end"] * 3
+
+
+def test_an_epoch_left_early_ends_when_its_iterator_is_closed():
+    dataset = _EndlessRecorder()
+    it = iter(DataLoader(dataset, batch_size=None))
+    next(it)
+    assert dataset.calls == ["begin"]
+    it.close()
+    assert dataset.calls == ["begin", "end"]

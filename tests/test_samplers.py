@@ -424,20 +424,31 @@ def test_batch_rollover_carries_the_tail_to_the_next_epoch():
     assert list(batches) == [[4, 0], [1, 2], [3, 4]]
 
 
-def test_batch_rollover_abandoned_epoch_keeps_the_carry():
-    """An iteration stopped before its last batch leaves the carried remainder unchanged."""
+def test_batch_rollover_abandoned_epoch_spends_the_carry():
+    """As Gluon: an iteration spends the carry when it starts, so abandoning it carries nothing."""
     batches = BatchSampler(range(5), 2, last_batch="rollover")
     list(batches)
-    next(iter(batches))
-    assert batches.state_dict()["carried"] == [4]
-    assert len(batches) == 3
+    assert next(iter(batches)) == [4, 0]
+    assert batches.state_dict()["carried"] == []
+    assert len(batches) == 2
+    assert list(batches) == [[0, 1], [2, 3]]
 
 
-def test_batch_rollover_commits_when_the_last_batch_is_handed_out():
-    """Taking exactly ``len()`` batches ends the epoch without exhausting the iterator."""
+def test_batch_rollover_carries_only_when_the_epoch_runs_to_its_end():
+    """As Gluon: taking exactly ``len()`` batches without the final call leaves no carry."""
     batches = BatchSampler(range(5), 2, last_batch="rollover")
+    list(batches)
     list(itertools.islice(batches, len(batches)))
-    assert list(batches) == [[4, 0], [1, 2], [3, 4]]
+    assert list(batches) == [[0, 1], [2, 3]]
+
+
+def test_batch_rollover_len_during_an_epoch_counts_without_the_spent_carry():
+    batches = BatchSampler(range(5), 2, last_batch="rollover")
+    list(batches)
+    epoch = iter(batches)
+    assert len(batches) == 3
+    next(epoch)
+    assert len(batches) == 2
 
 
 @given(n=sst.lengths(), batch_size=sst.batch_sizes(), drop_last=st.booleans())
