@@ -82,6 +82,9 @@ class _BaseIter:
         self._deadline = (
             time.monotonic() + self._config.timeout_s if self._config.timeout_s > 0 else None
         )
+        receiver = self._pool.receiver
+        if receiver is not None:
+            receiver.collect()  # the slots of batches the user has let go, for the workers
         try:
             result = self._next_result()
         except BaseException:

@@ -145,6 +145,7 @@ class WorkerPool:
         n = config.num_workers
         self.prefix: str | None = _shm.new_prefix()
         leases = _shm.new_leases(ctx, n)
+        self.names: _shm.Names | None = _shm.Names(ctx, n)
         self.receiver: _shm.Receiver | None = _shm.Receiver(leases)
         iterable = spec.iterable
         self.setup = _worker.WorkerSetup(
@@ -154,6 +155,7 @@ class WorkerPool:
             shm_prefix=self.prefix,
             id_source=ctx.Value("i", 0),
             leases=leases,
+            names=self.names,
             streams=_stream_queues(ctx.Queue, config) if iterable else None,
             barrier=ctx.Barrier(n) if iterable else None,
             stop=ctx.Event() if iterable else None,
@@ -166,6 +168,7 @@ class WorkerPool:
     def _start_threads(self, config: LoaderConfig, spec: FetchSpec, base_seed: int) -> None:
         n = config.num_workers
         self.prefix = None
+        self.names = None
         self.receiver = None
         iterable = spec.iterable
         self.setup = _worker.WorkerSetup(
@@ -181,7 +184,7 @@ class WorkerPool:
         self._pool = ThreadPool(n, _worker.init_thread_worker, (self.setup,))
 
     def _state_for_shutdown(self) -> tuple[Any, ...]:
-        return (self.kind, self._pool, self._members, self.prefix, self.setup)
+        return (self.kind, self._pool, self._members, self.names, self.setup)
 
     def serves(self, spec: FetchSpec, config: LoaderConfig) -> bool:
         """Whether this pool was started for these settings (a persistent pool is reused)."""
@@ -286,7 +289,7 @@ class WorkerPool:
 
 
 def _shutdown(state: tuple[Any, ...]) -> None:
-    kind, pool, members, prefix, setup = state
+    kind, pool, members, names, setup = state
     helpers = (pool._worker_handler, pool._task_handler, pool._result_handler)
     if threading.current_thread() in helpers:
         # Collected on one of the Pool's own threads, which terminate() must join.
@@ -303,13 +306,14 @@ def _shutdown(state: tuple[Any, ...]) -> None:
             pool.terminate()
             for thread in members:
                 thread.join(_THREAD_JOIN_S)
+            pool._cache.clear()  # unfinished tasks hold the pool in a cycle
     finally:
         if setup.streams is not None and kind is WorkerKind.PROCESS:
             for stream in {id(s): s for s in setup.streams}.values():
                 stream.close()
                 stream.cancel_join_thread()
-        if prefix is not None:
-            _shm.unlink_prefix(prefix)
+        if names is not None:
+            names.unlink_all()  # what the workers made and the main process never unlinked
 
 
 def _stop_processes(pool: Pool, members: list[Any]) -> None:
@@ -332,3 +336,19 @@ def _stop_processes(pool: Pool, members: list[Any]) -> None:
     _free_lock(getattr(pool._outqueue, "_wlock", None))
     pool.terminate()
     pool.join()
+    _release_pool(pool, processes)
+
+
+def _release_pool(pool: Pool, processes: list[Any]) -> None:
+    """Frees a stopped pool's pipes and handles now, not when the cyclic GC next runs.
+
+    A task that never finished stays in ``Pool._cache`` holding the pool (a
+    cycle), and through its callbacks the iterator's inbox and the batches'
+    mappings; its pipes and each worker's sentinel are file descriptors.
+    """
+    pool._cache.clear()
+    for queue_ in (pool._inqueue, pool._outqueue):
+        queue_._reader.close()
+        queue_._writer.close()
+    for process in processes:
+        process.close()

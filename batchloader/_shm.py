@@ -3,15 +3,21 @@
 Ownership (see docs/design/worker-protocol.md ("Shared memory: ownership and reuse")): a worker *creates* a segment
 (a file under ``/dev/shm``) and writes a batch into it; the result it sends
 holds only the segment's name (:class:`_ShmArray`). The main process *maps*
-the segment and unlinks its name at once, so the memory lives exactly as long
-as the tensor that views it. Segments whose results were never mapped (an
-abandoned epoch) are removed by :func:`unlink_prefix` after the workers stop.
+the segment and unlinks its name at once: from then on no file exists, and
+the memory lives exactly as long as the mappings of it.
+
+Nothing is left behind: every name is unguessable (``secrets``), created
+exclusively, and written into the pool's shared name table (:class:`Names`)
+*before* its file is made. The main process removes what the table holds
+when the workers stop (an abandoned epoch, a worker killed mid-batch); if
+the main process itself dies, each worker notices its parent is gone and
+removes them (see ``_worker``). Cleanup only ever unlinks names in the table.
 
 Reuse: each worker keeps up to ``_SLOTS_PER_WORKER`` long-lived segments
 ("slots") and one byte per slot in a shared ``leases`` array. The worker sets
 the byte when it sends a batch in the slot; the main process maps each slot
-once, views it through a :class:`_Lease` array, and clears the byte when the
-last tensor viewing that batch is freed. A batch then costs no segment
+once, watches its view with a weak reference, and clears the byte at its next
+call after the last tensor viewing that batch is freed. A batch then costs no segment
 creation, no page faults and no page freeing, in either process. When every
 slot is leased (the user keeps many batches), a one-off segment is used, and
 the main process unlinks it as soon as it has mapped it.
@@ -29,6 +35,7 @@ import math
 import mmap
 import os
 import secrets
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -39,6 +46,7 @@ import torch
 from ._nested import map_batch
 
 __all__ = [
+    "Names",
     "Receiver",
     "ShmFullError",
     "abandon",
@@ -49,7 +57,6 @@ __all__ = [
     "new_prefix",
     "pack",
     "release",
-    "unlink_prefix",
 ]
 
 _SHM_DIR = "/dev/shm"
@@ -60,6 +67,12 @@ _SHM_MIN_BYTES = 64 * 1024
 _SLOTS_PER_WORKER = 16
 # A slot is reused for a smaller array only while it wastes at most half of itself.
 _SLOT_SLACK = 2
+# One-off segments (every slot leased) whose names a worker keeps for cleanup.
+_ONE_OFF_RECORDS = 32
+# A recorded name: "batchloader-" + 16 hex + "-" + 16 hex, null-padded.
+_NAME_BYTES = 48
+# Fresh random names tried before giving up on a squatted prefix.
+_NAME_TRIES = 8
 
 
 class ShmFullError(OSError):
@@ -104,14 +117,16 @@ class _Arena:
     slot_range: range  # the lease indices that belong to this worker
     slots: dict[int, _Slot]
     segments: dict[int, tuple[str, int, int | None]]  # storage data_ptr -> (name, nbytes, slot)
+    names: Names | None  # where each name is recorded before its file is made
+    worker_id: int
 
 
 _arena: _Arena | None = None
 
 
 def new_prefix() -> str:
-    """A segment-name prefix unique to one pool of workers."""
-    return f"batchloader-{os.getpid()}-{secrets.token_hex(4)}"
+    """A segment-name prefix unique to one pool of workers, and unguessable."""
+    return f"batchloader-{secrets.token_hex(8)}"
 
 
 def new_leases(ctx: Any, num_workers: int) -> Any:
@@ -119,16 +134,68 @@ def new_leases(ctx: Any, num_workers: int) -> Any:
     return ctx.RawArray("B", num_workers * _SLOTS_PER_WORKER)
 
 
-def enable_worker_allocation(prefix: str, leases: Any = None, worker_id: int = 0) -> None:
+class Names:
+    """The names of every segment a pool's workers may have made: what cleanup removes.
+
+    One fixed-size record per slot of each worker, and a ring of records for
+    its one-off segments. A worker writes a name here before it creates the
+    file, so a name the main process never received is still known.
+    """
+
+    def __init__(self, ctx: Any, num_workers: int):
+        self.records_per_worker = _SLOTS_PER_WORKER + _ONE_OFF_RECORDS
+        self.table = ctx.RawArray("c", num_workers * self.records_per_worker * _NAME_BYTES)
+
+    def record(self, worker_id: int, index: int, name: str) -> None:
+        start = (worker_id * self.records_per_worker + index) * _NAME_BYTES
+        self.table[start : start + _NAME_BYTES] = name.encode().ljust(_NAME_BYTES, b"\0")
+
+    def all(self) -> list[str]:
+        raw = bytes(self.table)
+        records = (raw[i : i + _NAME_BYTES] for i in range(0, len(raw), _NAME_BYTES))
+        return [r.rstrip(b"\0").decode() for r in records if r[0]]
+
+    def unlink_all(self) -> int:
+        """Removes every recorded segment that still has a file; returns how many."""
+        return sum(_unlink_quietly(name) for name in self.all())
+
+
+def _unlink_quietly(name: str) -> bool:
+    try:
+        os.unlink(os.path.join(_SHM_DIR, name))
+    except (FileNotFoundError, PermissionError):
+        return False
+    return True
+
+
+def enable_worker_allocation(
+    prefix: str, leases: Any = None, worker_id: int = 0, names: Names | None = None
+) -> None:
     """Makes :func:`empty` allocate shared segments in this (worker) process."""
     global _arena
     first = worker_id * _SLOTS_PER_WORKER
     count = len(leases) if leases is not None else 0
     slot_range = range(min(first, count), min(first + _SLOTS_PER_WORKER, count))
-    _arena = _Arena(prefix, itertools.count(), leases, slot_range, {}, {})
+    _arena = _Arena(prefix, itertools.count(), leases, slot_range, {}, {}, names, worker_id)
 
 
-def _create_segment(name: str, nbytes: int) -> mmap.mmap:
+def _create_segment(arena: _Arena, nbytes: int, record: int) -> tuple[str, mmap.mmap]:
+    """A new segment of ``nbytes``, its name recorded first; a taken name is drawn again."""
+    for _ in range(_NAME_TRIES):
+        name = f"{arena.prefix}-{secrets.token_hex(8)}"
+        if arena.names is not None:
+            arena.names.record(arena.worker_id, record, name)
+        try:
+            return name, _create_file(name, nbytes)
+        except FileExistsError:
+            continue
+    raise FileExistsError(
+        f"{_NAME_TRIES} random shared-memory names under {_SHM_DIR} were all taken; "
+        "another process is creating files with this loader's prefix"
+    )
+
+
+def _create_file(name: str, nbytes: int) -> mmap.mmap:
     path = os.path.join(_SHM_DIR, name)
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
     try:
@@ -148,23 +215,19 @@ def _create_segment(name: str, nbytes: int) -> mmap.mmap:
         os.close(fd)
 
 
-def _open_segment(name: str, *, unlink: bool) -> mmap.mmap:
+def _open_segment(name: str) -> mmap.mmap:
+    """Maps a worker's segment and unlinks its name: the mappings keep the memory."""
     path = os.path.join(_SHM_DIR, name)
     fd = os.open(path, os.O_RDWR)
     try:
         return mmap.mmap(fd, os.fstat(fd).st_size)
     finally:
         os.close(fd)
-        if unlink:
-            os.unlink(path)
+        _unlink_quietly(name)
 
 
 def _torch_dtype(name: str) -> torch.dtype:
     return getattr(torch, name.removeprefix("torch."))
-
-
-def _new_name(arena: _Arena) -> str:
-    return f"{arena.prefix}-{os.getpid()}-{next(arena.counter)}"
 
 
 def _lease_slot(arena: _Arena, nbytes: int) -> int | None:
@@ -180,9 +243,9 @@ def _lease_slot(arena: _Arena, nbytes: int) -> int | None:
     i = next((i for i in free if i not in arena.slots), free[0])
     old = arena.slots.pop(i, None)
     if old is not None:
-        os.unlink(os.path.join(_SHM_DIR, old.name))
-    name = _new_name(arena)
-    arena.slots[i] = _Slot(name, nbytes, _create_segment(name, nbytes))
+        _unlink_quietly(old.name)  # usually gone already: the main process unlinks on mapping
+    name, buf = _create_segment(arena, nbytes, record=i - arena.slot_range.start)
+    arena.slots[i] = _Slot(name, nbytes, buf)
     arena.leases[i] = 1
     return i
 
@@ -201,8 +264,8 @@ def empty(shape: tuple[int, ...] | torch.Size, dtype: torch.dtype) -> torch.Tens
         return torch.empty(shape, dtype=dtype)
     slot = _lease_slot(arena, nbytes)
     if slot is None:
-        name, buf = _new_name(arena), None
-        buf = _create_segment(name, nbytes)
+        ring = _SLOTS_PER_WORKER + next(arena.counter) % _ONE_OFF_RECORDS
+        name, buf = _create_segment(arena, nbytes, record=ring)
     else:
         name, buf = arena.slots[slot].name, arena.slots[slot].buf
     tensor = torch.frombuffer(buf, dtype=dtype, count=numel).view(shape)
@@ -253,7 +316,7 @@ def _give_back(arena: _Arena, name: str, slot: int | None) -> None:
     if slot is not None:
         arena.leases[slot] = 0
     else:
-        os.unlink(os.path.join(_SHM_DIR, name))
+        _unlink_quietly(name)
 
 
 def _pack_leaf(obj: Any) -> Any:
@@ -272,25 +335,28 @@ def pack(batch: Any) -> Any:
         abandon()
 
 
-class _Lease(np.ndarray):
-    """Bytes of a leased slot; when the last view of them dies, the slot is free again."""
-
-    def __del__(self) -> None:
-        lease = self.__dict__.get("lease")
-        if lease is not None:
-            leases, slot = lease
-            leases[slot] = 0
-
-
 class Receiver:
     """The main process's side of one pool's segments: maps, views and releases them."""
 
     def __init__(self, leases: Any):
         self._leases = leases
         self._maps: dict[int, tuple[str, mmap.mmap]] = {}  # slot -> its current segment
+        # A leased slot's bytes are watched by a weak reference whose callback is
+        # list.append, which runs no Python code: freeing a batch can never swallow a
+        # KeyboardInterrupt (as a __del__ could). The slots are freed at the next collect().
+        # id(weak reference) -> (the reference, kept alive so it calls back; its slot)
+        self._views: dict[int, tuple[weakref.ref[np.ndarray], int]] = {}
+        self._dead: list[weakref.ref[np.ndarray]] = []
+
+    def collect(self) -> None:
+        """Frees the slots whose batches the user no longer holds."""
+        dead, views, leases = self._dead, self._views, self._leases
+        while dead:
+            leases[views.pop(id(dead.pop()))[1]] = 0
 
     def unpack(self, packed: Any) -> Any:
         """Turns a packed batch's handles back into tensors and arrays."""
+        self.collect()
         return _map(packed, self._unpack_leaf)
 
     def _unpack_leaf(self, obj: Any) -> Any:
@@ -305,13 +371,15 @@ class Receiver:
 
     def _bytes(self, obj: _ShmArray) -> np.ndarray:
         if obj.slot is None:
-            return np.frombuffer(_open_segment(obj.name, unlink=True), np.uint8, obj.nbytes)
+            return np.frombuffer(_open_segment(obj.name), np.uint8, obj.nbytes)
         cached = self._maps.get(obj.slot)
         if cached is None or cached[0] != obj.name:
-            cached = (obj.name, _open_segment(obj.name, unlink=False))
+            # Both sides have it mapped from now on: the file is no longer needed.
+            cached = (obj.name, _open_segment(obj.name))
             self._maps[obj.slot] = cached
-        raw = np.frombuffer(cached[1], np.uint8, obj.nbytes).view(_Lease)
-        raw.lease = (self._leases, obj.slot)
+        raw = np.frombuffer(cached[1], np.uint8, obj.nbytes)
+        watch = weakref.ref(raw, self._dead.append)
+        self._views[id(watch)] = (watch, obj.slot)
         return raw
 
     def release(self, packed: Any) -> None:
@@ -328,10 +396,7 @@ def release(packed: Any, leases: Any) -> None:
         if obj.slot is not None:
             leases[obj.slot] = 0
             return
-        try:
-            os.unlink(os.path.join(_SHM_DIR, obj.name))
-        except FileNotFoundError:
-            pass
+        _unlink_quietly(obj.name)
 
     _map(packed, leaf)
 
@@ -342,20 +407,3 @@ def abandon() -> None:
         for name, _, slot in _arena.segments.values():
             _give_back(_arena, name, slot)
         _arena.segments.clear()
-
-
-def unlink_prefix(prefix: str) -> int:
-    """Removes every segment whose name starts with ``prefix``; returns how many."""
-    removed = 0
-    try:
-        names = os.listdir(_SHM_DIR)
-    except FileNotFoundError:
-        return 0
-    for name in names:
-        if name.startswith(prefix + "-"):
-            try:
-                os.unlink(os.path.join(_SHM_DIR, name))
-                removed += 1
-            except FileNotFoundError:
-                pass
-    return removed

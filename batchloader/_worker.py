@@ -20,12 +20,14 @@ import contextlib
 import ctypes
 import enum
 import itertools
+import multiprocessing.util
 import os
 import queue
 import random
 import signal
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -58,7 +60,10 @@ __all__ = [
 _PUT_POLL_S = 0.1
 # How long a streaming worker waits for its siblings to each take one stream task.
 _BARRIER_TIMEOUT_S = 120.0
-_PR_SET_PDEATHSIG = 1
+# How often a process worker checks that the main process is still alive.
+_PARENT_POLL_S = 0.2
+# How long a worker that ends by itself waits to learn whether the main process died.
+_REPARENT_WAIT_S = 1.0
 
 
 class Status(enum.Enum):
@@ -108,6 +113,7 @@ class WorkerSetup:
     id_source: Any  # a multiprocessing Value for processes, an itertools.count for threads
     streams: list[Any] | None = None  # per-worker result queues (iterable datasets)
     leases: Any = None  # shared lease bytes of the workers' reusable segments
+    names: Any = None  # the shared table of every segment name the workers made
     barrier: Any = None  # lets each stream task land on a distinct worker
     stop: Any = None  # an Event: stop streaming (early end of an epoch)
 
@@ -240,15 +246,35 @@ def _keep_freed_memory() -> None:
         pass
 
 
-def _die_with_parent() -> None:
-    """Asks Linux to SIGKILL this worker if the main process dies first."""
-    if sys.platform != "linux":
-        return
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    except (OSError, AttributeError):
-        pass
+def _die_with_parent(names: Any) -> None:
+    """Ends this worker soon after the main process dies, removing the pool's segments.
+
+    A thread polls the parent pid rather than ``PR_SET_PDEATHSIG``, which
+    fires when the *thread* that started the worker exits, not the process.
+    A main process killed outright (SIGKILL, or SIGTERM with Python's default)
+    cleans nothing up; the workers do it for it.
+    """
+
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(_PARENT_POLL_S)
+        if names is not None:
+            names.unlink_all()
+        os._exit(0)
+
+    def at_exit() -> None:
+        # An idle worker ends by itself when the main process dies (its task pipe
+        # closes), maybe before it is reparented: give that a moment to show.
+        deadline = time.monotonic() + _REPARENT_WAIT_S
+        while os.getppid() == parent and time.monotonic() < deadline:
+            time.sleep(_PARENT_POLL_S / 4)
+        if os.getppid() != parent and names is not None:
+            names.unlink_all()
+
+    threading.Thread(target=watch, name="batchloader-parent-watch", daemon=True).start()
+    multiprocessing.util.Finalize(None, at_exit, exitpriority=100)
 
 
 def _start(setup: WorkerSetup, worker_id: int, *, is_process: bool) -> None:
@@ -322,14 +348,14 @@ if hasattr(os, "register_at_fork"):
 def init_process_worker(setup: WorkerSetup) -> None:
     """Pool initializer for process workers."""
     _forget_parent_signal_handlers()
-    _die_with_parent()
+    _die_with_parent(setup.names)
     _keep_freed_memory()
     torch.set_num_threads(1)
     with setup.id_source.get_lock():
         worker_id = setup.id_source.value
         setup.id_source.value += 1
     if setup.shm_prefix is not None:
-        _shm.enable_worker_allocation(setup.shm_prefix, setup.leases, worker_id)
+        _shm.enable_worker_allocation(setup.shm_prefix, setup.leases, worker_id, setup.names)
     _start(setup, worker_id, is_process=True)
 
 

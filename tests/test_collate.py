@@ -547,10 +547,10 @@ def test_all_is_sorted_complete_and_documented() -> None:
 # --- shared memory inside a worker --------------------------------------------------------------
 
 
-def _collate_in_worker(prefix: str, which: str, conn: Any) -> None:
+def _collate_in_worker(prefix: str, names: Any, which: str, conn: Any) -> None:
     """Child-process body: collate with worker allocation on, send back the packed batch."""
     try:
-        _shm.enable_worker_allocation(prefix)
+        _shm.enable_worker_allocation(prefix, names=names)
         builders = {
             "tensors": lambda: default_collate([torch.full((128, 128), 1.0)] * 4),
             "arrays": lambda: default_collate([np.full((128, 128), 1.0, np.float32)] * 4),
@@ -570,8 +570,9 @@ def test_worker_collates_large_batches_into_shared_memory(which: str) -> None:
     """In a worker, a large stacked or padded batch is a shared segment, not a pickled copy."""
     prefix = _shm.new_prefix()
     ctx = multiprocessing.get_context("fork")
+    names = _shm.Names(ctx, 1)
     parent, child = ctx.Pipe(duplex=False)
-    process = ctx.Process(target=_collate_in_worker, args=(prefix, which, child))
+    process = ctx.Process(target=_collate_in_worker, args=(prefix, names, which, child))
     try:
         process.start()
         child.close()
@@ -584,6 +585,6 @@ def test_worker_collates_large_batches_into_shared_memory(which: str) -> None:
     finally:
         process.join(10)
         parent.close()
-        leaked = _shm.unlink_prefix(prefix)
+        leaked = names.unlink_all()
     assert leaked == 0, "a segment was left in /dev/shm"
     assert _shm._arena is None

@@ -19,12 +19,14 @@ BIG = (64, 1024)  # 256 KiB of float32: above the inline threshold
 def arena():
     """Plays a worker with worker id 0 in this process, then cleans up."""
     prefix = _shm.new_prefix()
-    leases = _shm.new_leases(multiprocessing.get_context("fork"), 1)
-    _shm.enable_worker_allocation(prefix, leases, 0)
+    ctx = multiprocessing.get_context("fork")
+    leases = _shm.new_leases(ctx, 1)
+    names = _shm.Names(ctx, 1)
+    _shm.enable_worker_allocation(prefix, leases, 0, names)
     yield leases
     _shm._arena = None
     gc.collect()
-    _shm.unlink_prefix(prefix)
+    names.unlink_all()
 
 
 def _send(leases, value=1.0, shape=BIG):
@@ -45,13 +47,14 @@ def test_large_tensor_is_leased_until_its_last_view_dies(arena):
     """The lease byte stays set while any view of the batch is alive."""
     handle = _send(arena, 3.0)
     assert handle.slot == 0 and arena[0] == 1
-    batch = _shm.Receiver(arena).unpack(handle)
+    receiver = _shm.Receiver(arena)
+    batch = receiver.unpack(handle)
     row = batch[5]
     del batch
-    gc.collect()
+    receiver.collect()
     assert arena[0] == 1 and float(row.sum()) == 3.0 * 1024
     del row
-    gc.collect()
+    receiver.collect()  # the iterator's next call: no garbage collection needed
     assert arena[0] == 0
 
 
@@ -60,7 +63,7 @@ def test_released_slot_is_reused_without_a_new_segment(arena):
     receiver = _shm.Receiver(arena)
     first = _send(arena)
     receiver.unpack(first)  # dropped at once
-    gc.collect()
+    receiver.collect()
     second = _send(arena, 2.0)
     assert second.name == first.name
     assert float(receiver.unpack(second)[0, 0]) == 2.0
