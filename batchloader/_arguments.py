@@ -13,6 +13,8 @@ import torch
 __all__ = [
     "check_batching",
     "check_callables",
+    "check_dataset",
+    "check_flags",
     "check_generator",
     "check_workers",
     "resolve_last_batch",
@@ -34,7 +36,11 @@ def check_workers(
             "num_workers option should be non-negative; use num_workers=0 to disable "
             f"multiprocessing. Got num_workers={num_workers!r} (a non-negative integer is needed)"
         )
-    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout < 0:
+    if (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, int | float)
+        or not timeout >= 0  # refuses nan too
+    ):
         raise ValueError(
             f"timeout option should be non-negative, got timeout={timeout!r} (a number of seconds)"
         )
@@ -135,6 +141,23 @@ def _batch_sampler_mode(batch_sampler: Any) -> str:
     if mode in _LAST_BATCH_MODES:
         return mode
     return "discard" if getattr(batch_sampler, "drop_last", False) is True else "keep"
+
+
+def check_flags(**values: Any) -> None:
+    """Each named value must be a bool: 'yes' or 0 is a mistake, not a setting."""
+    for name, value in values.items():
+        if not isinstance(value, bool):
+            raise TypeError(f"{name} should be True or False, got {name}={value!r}")
+
+
+def check_dataset(dataset: Any) -> None:
+    """A dataset indexes (map-style) or iterates; a number is neither."""
+    if not (hasattr(dataset, "__getitem__") or hasattr(dataset, "__iter__")):
+        raise TypeError(
+            "dataset should be a map-style dataset (with __getitem__ and __len__) or an "
+            f"iterable one, got dataset={dataset!r} ({type(dataset).__qualname__}); "
+            "for the numbers 0..n-1 pass range(n)"
+        )
 
 
 def check_callables(**values: Any) -> None:

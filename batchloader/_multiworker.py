@@ -117,9 +117,10 @@ class _BaseIter:
         """
         if result.status is not Status.OK:
             where = "" if indices is None else f", indices {_show(indices)}"
+            worker = "a worker" if result.worker_id < 0 else f"worker {result.worker_id}"
+            doing = "sending" if result.worker_id < 0 else "loading"
             error = result.payload.rebuild(
-                f"Raised in DataLoader worker {result.worker_id} "
-                f"while loading batch {result.batch_id}{where}."
+                f"Raised in DataLoader {worker} while {doing} batch {result.batch_id}{where}."
             )
             if result.status is Status.FATAL:
                 self._leave(_State.FAILED)
@@ -139,6 +140,7 @@ class _BaseIter:
         if self._deadline is not None and time.monotonic() > self._deadline:
             seconds = self._config.timeout_s
             shown = int(seconds) if seconds == int(seconds) else seconds
+            self._pool.broken = True  # a stuck worker is not kept: the next epoch starts afresh
             raise LoaderTimeoutError(
                 f"DataLoader timed out after {shown} seconds waiting for "
                 f"{self._waiting_for()}; workers: {self._pool.describe()}"

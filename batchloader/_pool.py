@@ -101,6 +101,20 @@ def _exit_description(exitcode: int) -> str:
     return f"exited unexpectedly with exit code {exitcode}"
 
 
+def _likely_cause(exitcode: int) -> str:
+    """What most often ends a worker this way, where one cause is likely."""
+    if exitcode == -signal.SIGKILL:
+        return "A likely cause is the out-of-memory killer (see dmesg). "
+    if exitcode in (-signal.SIGSEGV, -signal.SIGBUS, -signal.SIGABRT):
+        return "A crash in native code (a C extension or a library that is not fork-safe). "
+    if exitcode == 1:
+        return (
+            "With spawn or forkserver, exit code 1 means the worker printed a traceback on "
+            "stderr while starting. "
+        )
+    return ""
+
+
 def _free_lock(lock: Any) -> None:
     """Leaves a queue lock released, even if a killed worker died holding it."""
     if lock is None:
@@ -257,9 +271,7 @@ class WorkerPool:
                     self.broken = True
                     raise WorkerDiedError(
                         f"DataLoader worker (pid {member.pid}) {_exit_description(code)}. "
-                        "SIGKILL usually means the out-of-memory killer; with spawn or "
-                        "forkserver, exit code 1 means the worker printed a traceback on "
-                        "stderr while starting. See docs/troubleshooting.md#a-worker-died.",
+                        f"{_likely_cause(code)}See docs/troubleshooting.md#a-worker-died.",
                         pid=member.pid,
                         exitcode=code,
                     )

@@ -35,6 +35,7 @@ import math
 import mmap
 import os
 import secrets
+import warnings
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -73,6 +74,11 @@ _ONE_OFF_RECORDS = 32
 _NAME_BYTES = 48
 # Fresh random names tried before giving up on a squatted prefix.
 _NAME_TRIES = 8
+# A worker keeps at most this in reusable slots, and at most 1/_KEEP_SHARE of
+# /dev/shm's free space divided among the workers: a small /dev/shm (docker's
+# 64 MB) keeps few slots, and batches that fit no slot use one-off segments.
+_KEEP_BYTES_MAX = 256 << 20
+_KEEP_SHARE = 4
 
 
 class ShmFullError(OSError):
@@ -119,6 +125,7 @@ class _Arena:
     segments: dict[int, tuple[str, int, int | None]]  # storage data_ptr -> (name, nbytes, slot)
     names: Names | None  # where each name is recorded before its file is made
     worker_id: int
+    keep_bytes: int  # what this worker may keep in slots, from /dev/shm's free space
 
 
 _arena: _Arena | None = None
@@ -176,7 +183,9 @@ def enable_worker_allocation(
     first = worker_id * _SLOTS_PER_WORKER
     count = len(leases) if leases is not None else 0
     slot_range = range(min(first, count), min(first + _SLOTS_PER_WORKER, count))
-    _arena = _Arena(prefix, itertools.count(), leases, slot_range, {}, {}, names, worker_id)
+    num_workers = max(1, count // _SLOTS_PER_WORKER)
+    keep = _keep_bytes(num_workers)
+    _arena = _Arena(prefix, itertools.count(), leases, slot_range, {}, {}, names, worker_id, keep)
 
 
 def _create_segment(arena: _Arena, nbytes: int, record: int) -> tuple[str, mmap.mmap]:
@@ -241,13 +250,38 @@ def _lease_slot(arena: _Arena, nbytes: int) -> int | None:
     if not free:
         return None
     i = next((i for i in free if i not in arena.slots), free[0])
-    old = arena.slots.pop(i, None)
-    if old is not None:
-        _unlink_quietly(old.name)  # usually gone already: the main process unlinks on mapping
+    _drop_slot(arena, i)
+    kept = sum(slot.capacity for slot in arena.slots.values())
+    if kept + nbytes > arena.keep_bytes:
+        _drop_free_slots(arena)  # make room by what the user no longer holds
+        kept = sum(slot.capacity for slot in arena.slots.values())
+        if kept + nbytes > arena.keep_bytes:
+            return None  # over the byte budget: a one-off segment, freed once received
     name, buf = _create_segment(arena, nbytes, record=i - arena.slot_range.start)
     arena.slots[i] = _Slot(name, nbytes, buf)
     arena.leases[i] = 1
     return i
+
+
+def _drop_slot(arena: _Arena, i: int) -> None:
+    old = arena.slots.pop(i, None)
+    if old is not None:
+        _unlink_quietly(old.name)  # usually gone already: the main process unlinks on mapping
+
+
+def _drop_free_slots(arena: _Arena) -> None:
+    for i in [i for i in arena.slots if arena.leases[i] == 0]:
+        _drop_slot(arena, i)
+
+
+def _keep_bytes(num_workers: int) -> int:
+    """What one worker may keep in reusable slots: a share of /dev/shm's free space."""
+    try:
+        stats = os.statvfs(_SHM_DIR)
+    except OSError:
+        return 0
+    free = stats.f_bavail * stats.f_frsize
+    return min(_KEEP_BYTES_MAX, free // (_KEEP_SHARE * max(1, num_workers)))
 
 
 def allocating() -> bool:
@@ -262,15 +296,49 @@ def empty(shape: tuple[int, ...] | torch.Size, dtype: torch.dtype) -> torch.Tens
     arena = _arena
     if arena is None or nbytes < _SHM_MIN_BYTES:
         return torch.empty(shape, dtype=dtype)
-    slot = _lease_slot(arena, nbytes)
-    if slot is None:
-        ring = _SLOTS_PER_WORKER + next(arena.counter) % _ONE_OFF_RECORDS
-        name, buf = _create_segment(arena, nbytes, record=ring)
-    else:
-        name, buf = arena.slots[slot].name, arena.slots[slot].buf
+    try:
+        name, buf, slot = _segment_for(arena, nbytes)
+    except ShmFullError:
+        # /dev/shm is short: the batch goes the slower way, pickled through the pipe.
+        _warn_short_shm(nbytes)
+        return torch.empty(shape, dtype=dtype)
     tensor = torch.frombuffer(buf, dtype=dtype, count=numel).view(shape)
     arena.segments[tensor.untyped_storage().data_ptr()] = (name, nbytes, slot)
     return tensor
+
+
+def _segment_for(arena: _Arena, nbytes: int) -> tuple[str, mmap.mmap, int | None]:
+    """A leased slot or a one-off segment of ``nbytes``; on a full /dev/shm, tries once
+    more after dropping the free slots."""
+    for attempt in range(2):
+        try:
+            slot = _lease_slot(arena, nbytes)
+            if slot is not None:
+                return arena.slots[slot].name, arena.slots[slot].buf, slot
+            ring = _SLOTS_PER_WORKER + next(arena.counter) % _ONE_OFF_RECORDS
+            name, buf = _create_segment(arena, nbytes, record=ring)
+            return name, buf, None
+        except ShmFullError:
+            if attempt:
+                raise
+            _drop_free_slots(arena)
+    raise RuntimeError("[INTERNAL ERROR] _segment_for fell through")
+
+
+_warned_short_shm = False
+
+
+def _warn_short_shm(nbytes: int) -> None:
+    global _warned_short_shm
+    if not _warned_short_shm:
+        _warned_short_shm = True
+        warnings.warn(
+            f"{_SHM_DIR} has no room for a {nbytes}-byte batch, so batches that do not fit are "
+            "pickled through the worker's pipe instead (slower); make /dev/shm larger "
+            "(docker: --shm-size) to avoid it",
+            ResourceWarning,
+            stacklevel=2,
+        )
 
 
 def _map(obj: Any, fn: Callable[[Any], Any]) -> Any:
@@ -298,6 +366,8 @@ def _pack_tensor(t: torch.Tensor) -> Any:
             return t  # numpy has no bfloat16; shared ones go by torch's own sharing
         return _InlineArray(t.numpy())
     copy = empty(tuple(t.shape), t.dtype)
+    if copy.untyped_storage().data_ptr() not in arena.segments:  # /dev/shm is short
+        return t if t.dtype == torch.bfloat16 else _InlineArray(t.numpy())
     copy.copy_(t)
     return _pack_tensor(copy)
 
@@ -306,8 +376,11 @@ def _pack_array(a: np.ndarray) -> Any:
     if a.dtype.hasobject or _arena is None or a.nbytes < _SHM_MIN_BYTES:
         return a
     holder = empty((a.nbytes,), torch.uint8)
+    entry = _arena.segments.pop(holder.untyped_storage().data_ptr(), None)
+    if entry is None:  # /dev/shm is short: pickled with the result
+        return a
     holder.numpy().view(a.dtype).reshape(a.shape)[...] = a
-    name, nbytes, slot = _arena.segments.pop(holder.untyped_storage().data_ptr())
+    name, nbytes, slot = entry
     return _ShmArray(name, a.shape, a.dtype.str, "numpy", nbytes, slot)
 
 

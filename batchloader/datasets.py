@@ -196,7 +196,7 @@ class ArrayDataset(Dataset[Any]):
         :class:`TensorDataset`) the result is that array, not a 1-tuple.
 
         Args:
-            indices: integers in ``[-len(ds), len(ds))``, as a sequence, 1-d
+            indices: integers in ``[0, len(ds))``, as a sequence, 1-d
                 NumPy array or tensor.
             out: optional preallocated destination (say, shared memory), in the
                 same structure as the result, each of shape
@@ -274,7 +274,11 @@ def _validate_arrays(owner: str, arrays: tuple[Any, ...]) -> tuple[Array, ...]:
 
 
 def _index_array(indices: Any, length: int, owner: str) -> np.ndarray:
-    """Indices as a fresh 1-d ``intp`` array in ``[0, length)``; negatives wrap like ``ds[i]``."""
+    """Indices as a fresh 1-d ``intp`` array, each in ``[0, length)``.
+
+    A negative index is refused, not wrapped: from a sampler it is a bug, and
+    wrapping would silently load the wrong sample.
+    """
     if isinstance(indices, torch.Tensor):
         indices = indices.detach().cpu().numpy()
     idx = _checked_index_array(indices)
@@ -286,11 +290,12 @@ def _index_array(indices: Any, length: int, owner: str) -> np.ndarray:
     else:
         low, high = int(idx.min()), int(idx.max())
     idx = idx.astype(np.intp, copy=False)
-    if low < -length or high >= length:
-        bad = low if low < -length else high
-        raise IndexError(f"index {bad} is out of range for {owner} of length {length}")
-    if low < 0:
-        idx[idx < 0] += length
+    if low < 0 or high >= length:
+        bad = low if low < 0 else high
+        raise IndexError(
+            f"index {bad} is out of range for {owner} of length {length}; a batch's "
+            f"indices must be in [0, {length})"
+        )
     return idx
 
 

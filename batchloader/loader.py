@@ -143,6 +143,8 @@ class DataLoader(_TorchDataLoader[T_co]):
         last_batch: str | None = None,
         thread_pool: bool = False,
     ):
+        args.check_dataset(dataset)
+        args.check_flags(thread_pool=thread_pool, in_order=in_order)
         self._batch_dataset = is_batch_dataset(dataset)
         if self._batch_dataset:
             batch_size, num_workers, thread_pool, prefetch_factor = self._keras_defaults(

@@ -169,7 +169,7 @@ class SubsetRandomSampler(Sampler[int], _TorchSubsetRandomSampler):
     def __init__(self, indices: Sequence[int], generator: torch.Generator | None = None) -> None:
         if not isinstance(indices, Iterable):
             raise TypeError(f"indices should be a sequence of ints, got {_describe(indices)}")
-        self.indices = tuple(_check_int(f"indices[{i}]", v) for i, v in enumerate(indices))
+        self.indices = tuple(_check_int(f"indices[{i}]", v, 0) for i, v in enumerate(indices))
         self.generator = _check_generator(generator)
 
     def __iter__(self) -> Iterator[int]:

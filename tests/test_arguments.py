@@ -144,3 +144,20 @@ def test_valid_arguments_build_a_loader_with_torchs_attributes():
     assert loader.batch_size == 4 and loader.drop_last is False and loader.num_workers == 0
     assert loader.sampler is not None and loader.batch_sampler is not None
     assert "batch_size=4" in repr(loader)
+
+
+@pytest.mark.parametrize("name", ["thread_pool", "in_order"])
+def test_flags_must_be_bools(name):
+    """'yes' or 'no' is a mistake, not a setting."""
+    with pytest.raises(TypeError, match=f"{name} should be True or False, got {name}='no'"):
+        DataLoader(DS, **{name: "no"})
+
+
+def test_a_number_is_not_a_dataset():
+    with pytest.raises(TypeError, match="dataset=5 .*pass range"):
+        DataLoader(5)
+
+
+def test_timeout_nan_is_refused():
+    with pytest.raises(ValueError, match="timeout=nan"):
+        DataLoader(DS, timeout=float("nan"))

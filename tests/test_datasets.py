@@ -56,12 +56,12 @@ def array_datasets(draw: st.DrawFn, min_length: int = 0) -> ArrayDataset:
 
 @st.composite
 def datasets_and_indices(draw: st.DrawFn, min_indices: int = 0) -> tuple[ArrayDataset, list[int]]:
-    """An ArrayDataset and an index list (negative indices included) into it."""
+    """An ArrayDataset and an index list into it."""
     ds = draw(array_datasets(min_length=1 if min_indices else 0))
     n = len(ds)
     if n == 0:
         return ds, []
-    return ds, draw(st.lists(st.integers(-n, n - 1), min_size=min_indices, max_size=8))
+    return ds, draw(st.lists(st.integers(0, n - 1), min_size=min_indices, max_size=8))
 
 
 def _fields(sample: Any, ds: ArrayDataset) -> tuple[Any, ...]:
@@ -304,7 +304,7 @@ def test_get_batch_writes_into_out():
     """get_batch(idx, out=...) gathers straight into the given arrays and returns them."""
     ds = ArrayDataset(np.arange(10.0).reshape(5, 2), torch.arange(5))
     out = (np.empty((2, 2)), torch.empty(2, dtype=torch.int64))
-    result = ds.get_batch([4, -5], out=out)
+    result = ds.get_batch([4, 0], out=out)
     assert result[0] is out[0] and result[1] is out[1]
     np.testing.assert_array_equal(out[0], [[8.0, 9.0], [0.0, 1.0]])
     assert torch.equal(out[1], torch.tensor([4, 0]))
@@ -866,3 +866,9 @@ def test_an_object_following_keras_protocol_is_taken_as_a_batch_dataset():
     assert (loader.num_workers, loader.thread_pool) == (2, True)
     assert [x.tolist() for (x,) in loader] == [[0, 0, 0], [1, 1, 1]]
     assert duck.calls == ["begin", "end"]
+
+
+def test_a_negative_index_in_a_batch_is_refused_not_wrapped():
+    """From a sampler, -1 is a bug: loading the last sample instead would hide it."""
+    with pytest.raises(IndexError, match=r"index -1 is out of range.*\[0, 5\)"):
+        ArrayDataset(np.arange(5)).get_batch([0, -1])

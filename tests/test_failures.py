@@ -198,3 +198,51 @@ def test_unclosed_persistent_loader_warns_resource_warning(no_leaks):
     with pytest.warns(ResourceWarning, match="never closed"):
         del loader
         gc.collect()
+
+
+class _Segfaults(RangeDataset):
+    def __getitem__(self, i):
+        import os
+
+        os.kill(os.getpid(), signal.SIGSEGV)
+
+
+def test_a_segfault_is_not_blamed_on_the_out_of_memory_killer():
+    with pytest.raises(WorkerDiedError) as info:
+        list(DataLoader(_Segfaults(2), num_workers=1))
+    assert "out-of-memory" not in str(info.value) and "native code" in str(info.value)
+
+
+class _StuckOnce(RangeDataset):
+    """Batch 0 of the first epoch hangs its worker; everything after is quick."""
+
+    def __init__(self, n, flag):
+        super().__init__(n)
+        self.flag = flag
+
+    def __getitem__(self, i):
+        import os
+
+        if i == 0 and not os.path.exists(self.flag):
+            open(self.flag, "w").close()
+            time.sleep(30)
+        return i
+
+
+def test_a_timed_out_persistent_epoch_does_not_keep_the_stuck_worker(tmp_path):
+    dataset = _StuckOnce(4, str(tmp_path / "stuck"))
+    with DataLoader(dataset, num_workers=2, persistent_workers=True, timeout=1) as loader:
+        with pytest.raises(LoaderTimeoutError):
+            list(loader)
+        assert [int(x) for x in loader] == [0, 1, 2, 3]  # fresh workers, all of them
+
+
+class _LambdaSamples(RangeDataset):
+    def __getitem__(self, i):
+        return lambda: i  # cannot be pickled back to the main process
+
+
+def test_an_unpicklable_sample_names_its_batch_and_type():
+    with pytest.raises(Exception, match=r"batch 0, indices \[0\]") as info:
+        next(iter(DataLoader(_LambdaSamples(2), batch_size=1, num_workers=1, collate_fn=list)))
+    assert "worker -1" not in str(info.value)
