@@ -456,7 +456,22 @@ class Receiver:
         return raw
 
     def release(self, packed: Any) -> None:
-        """Frees the segments of a packed batch that will never be unpacked."""
+        """Frees the segments of a packed batch that will never be unpacked.
+
+        A slot seen here for the first time is mapped all the same, which
+        unlinks its file: the worker reuses it, and no file outlives the batch.
+        """
+
+        def map_new_slots(obj: Any) -> None:
+            if isinstance(obj, _ShmArray) and obj.slot is not None:
+                cached = self._maps.get(obj.slot)
+                if cached is None or cached[0] != obj.name:
+                    try:
+                        self._maps[obj.slot] = (obj.name, _open_segment(obj.name))
+                    except FileNotFoundError:
+                        pass  # already cleaned up (the pool is stopping)
+
+        _map(packed, map_new_slots)
         release(packed, self._leases)
 
 
