@@ -178,6 +178,7 @@ class WorkerPool:
             self._pool: Pool = _QuietPool(
                 n, _worker.init_process_worker, (self.setup,), context=ctx
             )
+        _worker.forks_workers(self._pool._worker_handler)
 
     def _start_threads(self, config: LoaderConfig, spec: FetchSpec, base_seed: int) -> None:
         n = config.num_workers

@@ -28,6 +28,7 @@ import signal
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -318,6 +319,8 @@ def _forget_parent_signal_handlers() -> None:
 
 
 _forking = threading.local()
+# The threads of our pools that fork replacement workers (Pool's worker handler).
+_respawning_threads: weakref.WeakSet[threading.Thread] = weakref.WeakSet()
 
 
 @contextlib.contextmanager
@@ -335,8 +338,13 @@ def forking_workers() -> Iterator[None]:
         _forking.active = False
 
 
+def forks_workers(thread: threading.Thread) -> None:
+    """Marks every fork ``thread`` makes as a worker (a pool's worker-replacing thread)."""
+    _respawning_threads.add(thread)
+
+
 def _after_fork_in_child() -> None:
-    if getattr(_forking, "active", False):
+    if getattr(_forking, "active", False) or threading.current_thread() in _respawning_threads:
         _forking.active = False
         _forget_parent_signal_handlers()
 

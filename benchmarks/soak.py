@@ -99,7 +99,9 @@ def main() -> None:
         print(json.dumps(_measure(args.child, args.cycles)))
         return
     env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE")
-    print(f"{'loader':<12} {'after':<11} {'fds':>5} {'/dev/shm MB':>12} {'children':>9} {'RSS MB':>7}")
+    print(
+        f"{'loader':<12} {'after':<11} {'fds':>5} {'/dev/shm MB':>12} {'children':>9} {'RSS MB':>7}"
+    )
     for which in ("batchloader", "torch"):
         out = subprocess.run(
             [sys.executable, __file__, "--child", which, "--cycles", str(args.cycles)],
