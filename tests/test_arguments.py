@@ -154,7 +154,7 @@ def test_flags_must_be_bools(name):
 
 
 def test_a_number_is_not_a_dataset():
-    with pytest.raises(TypeError, match="dataset=5 .*pass range"):
+    with pytest.raises(TypeError, match=r"dataset=5 .*pass range"):
         DataLoader(5)
 
 

@@ -82,7 +82,7 @@ def test_a_squatted_segment_name_is_drawn_again(monkeypatch):
     ctx = __import__("multiprocessing").get_context("fork")
     names = _shm.Names(ctx, 1)
     try:
-        monkeypatch.setattr(_shm.secrets, "token_hex", lambda n: next(drawn))
+        monkeypatch.setattr(_shm.secrets, "token_hex", lambda _nbytes: next(drawn))
         _shm.enable_worker_allocation(prefix, _shm.new_leases(ctx, 1), 0, names)
         handle = _shm.pack(_shm.empty((64, 1024), torch.float32))
         assert handle.name == f"{prefix}-free"
