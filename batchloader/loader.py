@@ -9,7 +9,6 @@ need; :class:`LoaderConfig`, how they run) for the iterator it picks.
 
 from __future__ import annotations
 
-import itertools
 import multiprocessing
 import warnings
 import weakref
@@ -27,10 +26,18 @@ from torch.utils.data.dataloader import _DatasetKind, _InfiniteConstantSampler
 from . import _arguments as args
 from . import _datapipes
 from ._config import FetchMode, FetchSpec, LoaderConfig, WorkerKind
+from ._epoch import (
+    EndlessSampler,
+    EpochHooks,
+    KerasEpoch,
+    LengthCheck,
+    SingleProcessIter,
+    call_hook,
+)
 from ._multiworker import MultiWorkerIter, StreamingIter
 from ._pool import WorkerPool
 from ._typing import T_co
-from ._worker import fetch_batch, mix_seed, next_iterable_batch
+from ._worker import mix_seed
 from .collate import default_collate, default_convert
 from .datasets import (
     ThreadSafeIterator,
@@ -48,10 +55,7 @@ __all__ = ["DataLoader"]
 
 _DEFAULT_PREFETCH_FACTOR = 2
 _PIN_QUEUE_DEPTH = 2
-# Settings fixed at construction: torch's own list, and Gluon's last_batch (it is in the sampler).
-_FROZEN_ATTRIBUTES = frozenset(
-    ("batch_size", "batch_sampler", "sampler", "drop_last", "dataset", "persistent_workers")
-)
+# A setting fixed at construction beyond torch's own list (Gluon's: it is in the sampler).
 _FROZEN_EXTRAS = frozenset(("last_batch",))
 
 
@@ -209,7 +213,7 @@ class DataLoader(_TorchDataLoader[T_co]):
         self._iterator = None  # torch's attribute; frameworks reset it to None
         self._IterableDataset_len_called = None
         self._warned_unsharded = False
-        self._keras_epoch: _KerasEpoch | None = None
+        self._keras_epoch: KerasEpoch | None = None
         self._DataLoader__initialized = True
         self._check_worker_count()
 
@@ -280,7 +284,7 @@ class DataLoader(_TorchDataLoader[T_co]):
             if self._num_batches is None:
                 if shuffle:
                     raise ValueError("shuffle=True needs a finite batch dataset (num_batches=None)")
-                return _EndlessSampler()
+                return EndlessSampler()
             size = self._num_batches
             return (
                 RandomSampler(size, generator=self.generator)
@@ -368,7 +372,7 @@ class DataLoader(_TorchDataLoader[T_co]):
             previous.close()
         if self._batch_dataset:
             self._end_keras_epoch()  # an epoch left early ends when the next one begins
-            _call_hook(self.dataset, "on_epoch_begin")  # before workers start on the epoch
+            call_hook(self.dataset, "on_epoch_begin")  # before workers start on the epoch
         if config.num_workers > 0:
             self._check_worker_count()
         self._check_sharding()
@@ -378,10 +382,10 @@ class DataLoader(_TorchDataLoader[T_co]):
             # The workers already keep max_in_flight batches ready; two pinned ones suffice.
             iterator = PinMemoryIter(iterator, pin_fn, queue_depth=_PIN_QUEUE_DEPTH)
         if self._batch_dataset:
-            self._keras_epoch = _KerasEpoch(self.dataset, self.sampler)
-            iterator = _EpochHooks(iterator, self._keras_epoch)
+            self._keras_epoch = KerasEpoch(self.dataset, self.sampler)
+            iterator = EpochHooks(iterator, self._keras_epoch)
         if self._iterable and self._IterableDataset_len_called is not None:
-            iterator = _LengthCheck(iterator, self, config.num_workers)
+            iterator = LengthCheck(iterator, self, config.num_workers)
         # Weakly: an abandoned epoch's iterator must be collectable, to free its workers.
         self._current = weakref.ref(iterator)
         return iterator
@@ -411,7 +415,7 @@ class DataLoader(_TorchDataLoader[T_co]):
                 torch.empty((), dtype=torch.int64).random_(generator=self.generator).item()
             )
         if config.num_workers == 0:
-            return _SingleProcessIter(spec, self._index_sampler, shared_seed)
+            return SingleProcessIter(spec, self._index_sampler, shared_seed)
         if config.persistent_workers:
             if pool is None:
                 pool = self._pool = WorkerPool(config, spec, base_seed)
@@ -486,150 +490,3 @@ class DataLoader(_TorchDataLoader[T_co]):
             f"num_workers={self.num_workers}, last_batch={self.last_batch!r}, "
             f"thread_pool={self.thread_pool}, persistent_workers={self.persistent_workers})"
         )
-
-
-class _EndlessSampler:
-    """Batch indices of a batch dataset with no end: each epoch goes on from the last.
-
-    As Keras does with an endless ``PyDataset``, an epoch starts after the last
-    batch the previous epoch handed out (``position``), not at 0.
-    """
-
-    def __init__(self) -> None:
-        self.position = 0
-
-    def __iter__(self) -> Iterator[int]:
-        return itertools.count(self.position)
-
-    def __len__(self) -> int:
-        raise TypeError("an infinite batch dataset (num_batches=None) has no len()")
-
-
-class _SingleProcessIter:
-    """``num_workers=0``: every batch is made in the calling thread."""
-
-    def __init__(self, spec: FetchSpec, index_sampler: Any, shared_seed: int | None = None):
-        self._spec = spec
-        if _datapipes.is_datapipe(spec.dataset):
-            _datapipes.shard(spec.dataset, 1, 0)
-            _datapipes.seed_epoch(spec.dataset, shared_seed)
-        if spec.iterable:
-            self._source = iter(spec.dataset)
-            self._indices = None
-        else:
-            self._indices = iter(index_sampler)
-        self._done = False
-
-    def __iter__(self) -> Iterator[Any]:
-        return self
-
-    def __next__(self) -> Any:
-        if self._done:
-            raise StopIteration
-        try:
-            if self._indices is None:
-                return next_iterable_batch(self._spec, self._source)
-            return fetch_batch(self._spec, next(self._indices))
-        except StopIteration:
-            self._done = True
-            raise
-
-    def close(self) -> None:
-        self._done = True
-
-    def adopt_pool(self) -> bool:
-        return False  # no workers
-
-
-class _LengthCheck:
-    """torch's warning when an iterable dataset yields more than the ``len(loader)`` it reported."""
-
-    def __init__(self, source: Any, loader: DataLoader[Any], num_workers: int):
-        self._source = source
-        self._dataset = loader.dataset
-        self._reported = loader._IterableDataset_len_called
-        self._num_workers = num_workers
-        self._yielded = 0
-
-    def __iter__(self) -> Iterator[Any]:
-        return self
-
-    def __next__(self) -> Any:
-        batch = next(self._source)
-        self._yielded += 1
-        if self._yielded > self._reported:
-            message = (
-                f"Length of IterableDataset {self._dataset} was reported to be {self._reported} "
-                f"(when accessing len(dataloader)), but {self._yielded} samples have been fetched. "
-            )
-            if self._num_workers > 0:
-                message += (
-                    "For multiprocessing data-loading, this could be caused by not properly "
-                    "configuring the IterableDataset replica at each worker: shard it with "
-                    "torch.utils.data.get_worker_info() (see docs/workers.md)."
-                )
-            warnings.warn(message, UserWarning, stacklevel=2)
-        return batch
-
-    def close(self) -> None:
-        self._source.close()
-
-    def adopt_pool(self) -> bool:
-        return self._source.adopt_pool()
-
-
-def _call_hook(dataset: Any, name: str) -> None:
-    hook = getattr(dataset, name, None)
-    if callable(hook):
-        hook()
-
-
-class _KerasEpoch:
-    """One epoch of a batch dataset: counts what it handed out and ends once.
-
-    Ending calls ``on_epoch_end`` in the main process, and moves an endless
-    dataset's sampler past the batches handed out, so the next epoch goes on
-    from there. An epoch ends when it runs out, when its iterator is closed,
-    or, if it was left early, when the next epoch begins or the loader closes.
-    """
-
-    def __init__(self, dataset: Any, sampler: Any):
-        self._dataset = dataset
-        self._sampler = sampler
-        self.delivered = 0
-        self._ended = False
-
-    def end(self) -> None:
-        if self._ended:
-            return
-        self._ended = True
-        if isinstance(self._sampler, _EndlessSampler):
-            self._sampler.position += self.delivered
-        _call_hook(self._dataset, "on_epoch_end")
-
-
-class _EpochHooks:
-    """A batch dataset's epoch: counts batches handed out, and ends the epoch at its end."""
-
-    def __init__(self, source: Any, epoch: _KerasEpoch):
-        self._source = source
-        self._epoch = epoch
-
-    def __iter__(self) -> Iterator[Any]:
-        return self
-
-    def __next__(self) -> Any:
-        try:
-            batch = next(self._source)
-        except StopIteration:
-            self._epoch.end()
-            raise
-        self._epoch.delivered += 1
-        return batch
-
-    def close(self) -> None:
-        self._source.close()
-        self._epoch.end()
-
-    def adopt_pool(self) -> bool:
-        return self._source.adopt_pool()
