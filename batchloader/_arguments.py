@@ -16,6 +16,7 @@ __all__ = [
     "check_dataset",
     "check_flags",
     "check_generator",
+    "check_snapshot_steps",
     "check_workers",
     "resolve_last_batch",
 ]
@@ -148,6 +149,15 @@ def check_flags(**values: Any) -> None:
     for name, value in values.items():
         if not isinstance(value, bool):
             raise TypeError(f"{name} should be True or False, got {name}={value!r}")
+
+
+def check_snapshot_steps(value: Any) -> None:
+    """torchdata's ``snapshot_every_n_steps``: None or a positive int."""
+    if value is not None and (not _is_int(value) or value < 1):
+        raise ValueError(
+            f"snapshot_every_n_steps should be a positive integer or None, got "
+            f"snapshot_every_n_steps={value!r}"
+        )
 
 
 def check_dataset(dataset: Any) -> None:

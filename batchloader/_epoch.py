@@ -9,6 +9,7 @@ the batches of a batch dataset with no end.
 
 from __future__ import annotations
 
+import collections
 import itertools
 import warnings
 from collections.abc import Iterator
@@ -16,14 +17,14 @@ from typing import Any
 
 from . import _datapipes
 from ._config import FetchSpec
-from ._worker import fetch_batch, next_iterable_batch
+from ._worker import fetch_batch, next_iterable_batch, number_batches
 
 __all__ = [
     "EndlessSampler",
-    "EpochHooks",
-    "KerasEpoch",
+    "Epoch",
     "LengthCheck",
     "SingleProcessIter",
+    "Tracked",
     "call_hook",
 ]
 
@@ -48,16 +49,26 @@ class EndlessSampler:
 class SingleProcessIter:
     """``num_workers=0``: every batch is made in the calling thread."""
 
-    def __init__(self, spec: FetchSpec, index_sampler: Any, shared_seed: int | None = None):
+    def __init__(
+        self,
+        spec: FetchSpec,
+        index_sampler: Any,
+        shared_seed: int | None = None,
+        *,
+        epoch: Epoch | None = None,
+    ):
         self._spec = spec
         if _datapipes.is_datapipe(spec.dataset):
             _datapipes.shard(spec.dataset, 1, 0)
             _datapipes.seed_epoch(spec.dataset, shared_seed)
+        self._log: collections.deque[int] | None = None
         if spec.iterable:
             self._source = iter(spec.dataset)
             self._indices = None
         else:
-            self._indices = iter(index_sampler)
+            epoch = epoch or Epoch({})
+            self._indices = number_batches(iter(index_sampler), epoch.prefix, frozenset(epoch.ahead))
+            self._log = epoch.log = collections.deque()
         self._done = False
 
     def __iter__(self) -> Iterator[Any]:
@@ -69,7 +80,10 @@ class SingleProcessIter:
         try:
             if self._indices is None:
                 return next_iterable_batch(self._spec, self._source)
-            return fetch_batch(self._spec, next(self._indices))
+            batch_id, indices = next(self._indices)
+            batch = fetch_batch(self._spec, indices)
+            self._log.append(batch_id)
+            return batch
         except StopIteration:
             self._done = True
             raise
@@ -124,34 +138,70 @@ def call_hook(dataset: Any, name: str) -> None:
         hook()
 
 
-class KerasEpoch:
-    """One epoch of a batch dataset: counts what it handed out and ends once.
+class Epoch:
+    """One epoch as the user sees it: where it started, what was handed out, how it ends.
 
-    Ending calls ``on_epoch_end`` in the main process, and moves an endless
-    dataset's sampler past the batches handed out, so the next epoch goes on
-    from there. An epoch ends when it runs out, when its iterator is closed,
-    or, if it was left early, when the next epoch begins or the loader closes.
+    ``snapshot`` is what the epoch started from (random state, sampler state,
+    ...; see ``_resume``). A map-style source logs each batch id it hands on
+    (``log``); each batch the user receives takes the oldest, so the set of
+    delivered ids is exact even when batches come out of order or a pin-memory
+    thread holds some. The set is kept as a prefix ``0 .. prefix-1`` plus the
+    ids ``ahead`` of it.
+
+    Ending (once) calls a batch dataset's ``on_epoch_end`` in the main process
+    and moves an endless batch dataset's sampler past the batches handed out.
+    An epoch ends when it runs out, when its iterator is closed, or, if it was
+    left early, when the next epoch begins or the loader closes.
     """
 
-    def __init__(self, dataset: Any, sampler: Any):
-        self._dataset = dataset
+    def __init__(
+        self,
+        snapshot: dict[str, Any],
+        skip: int = 0,
+        done: frozenset[int] = frozenset(),
+        *,
+        hooks: Any = None,
+        sampler: Any = None,
+    ):
+        self.snapshot = snapshot
+        self.prefix = skip
+        self.ahead = set(done)
+        self.log: collections.deque[int] | None = None  # set by a source that numbers batches
+        self.count = 0  # batches handed out by this iterator
+        self.finished = False
+        self._hooks = hooks
         self._sampler = sampler
-        self.delivered = 0
         self._ended = False
 
-    def end(self) -> None:
+    def delivered(self) -> None:
+        self.count += 1
+        if self.log is None:
+            self.prefix += 1  # a stream: batches are counted, in order
+            return
+        batch_id = self.log.popleft()
+        if batch_id != self.prefix:
+            self.ahead.add(batch_id)
+            return
+        self.prefix += 1
+        while self.prefix in self.ahead:
+            self.ahead.remove(self.prefix)
+            self.prefix += 1
+
+    def end(self, *, finished: bool = False) -> None:
+        self.finished = self.finished or finished
         if self._ended:
             return
         self._ended = True
         if isinstance(self._sampler, EndlessSampler):
-            self._sampler.position += self.delivered
-        call_hook(self._dataset, "on_epoch_end")
+            self._sampler.position += self.prefix  # the epoch's batches, from before a resume too
+        if self._hooks is not None:
+            call_hook(self._hooks, "on_epoch_end")
 
 
-class EpochHooks:
-    """A batch dataset's epoch: counts batches handed out, and ends the epoch at its end."""
+class Tracked:
+    """The user's side of an epoch: counts batches handed out, and ends the epoch."""
 
-    def __init__(self, source: Any, epoch: KerasEpoch):
+    def __init__(self, source: Any, epoch: Epoch):
         self._source = source
         self._epoch = epoch
 
@@ -162,9 +212,9 @@ class EpochHooks:
         try:
             batch = next(self._source)
         except StopIteration:
-            self._epoch.end()
+            self._epoch.end(finished=True)
             raise
-        self._epoch.delivered += 1
+        self._epoch.delivered()
         return batch
 
     def close(self) -> None:

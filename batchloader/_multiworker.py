@@ -38,7 +38,7 @@ from . import _shm
 from ._config import LoaderConfig
 from ._errors import LoaderTimeoutError, _RemoteError
 from ._pool import WorkerPool
-from ._worker import Result, Status, Task, batch_seed
+from ._worker import Result, Status, Task, batch_seed, number_batches
 
 __all__ = ["MultiWorkerIter", "StreamingIter"]
 
@@ -132,6 +132,8 @@ class _BaseIter:
             self._leave(_State.FAILED)
             raise
         self.batches_yielded += 1
+        if result.batch_id >= 0 and indices is not None:
+            self.log.append(result.batch_id)
         return batch
 
     def _check(self) -> None:
@@ -241,16 +243,19 @@ class MultiWorkerIter(_BaseIter):
         *,
         owns_pool: bool,
         epoch_seed: int | None = None,
+        skip: int = 0,
+        done: frozenset[int] = frozenset(),
     ):
         super().__init__(config, pool, owns_pool=owns_pool)
         self._epoch_seed = epoch_seed
-        self._batches = batches
+        # (batch id, indices), without the batches a resumed epoch had delivered already
+        self._batches = number_batches(batches, skip, done)
         self._batches_done = False
         self._inbox = _Inbox(pool.receiver)
         self._in_flight: dict[int, Any] = {}  # batch id -> indices: sent, not yet back
         self._reorder: dict[int, tuple[Result, Any]] = {}  # back, not yet handed out
-        self._next_id = 0
-        self._sent = 0
+        self._sent_order: deque[int] = deque()  # ids in the order sent: the in-order sequence
+        self.log: deque[int] = deque()  # ids handed on, in that order (see _epoch.Epoch)
         self._begin(self._fill)
 
     def _fill(self) -> None:
@@ -259,11 +264,11 @@ class MultiWorkerIter(_BaseIter):
             and len(self._in_flight) + len(self._reorder) < self._config.max_in_flight
         ):
             try:
-                indices = next(self._batches)
+                batch_id, indices = next(self._batches)
             except StopIteration:
                 self._batches_done = True
                 return
-            batch_id, self._sent = self._sent, self._sent + 1
+            self._sent_order.append(batch_id)
             self._in_flight[batch_id] = indices
             on_error = functools.partial(self._inbox.put_error, batch_id)
             seed = None if self._epoch_seed is None else batch_seed(self._epoch_seed, batch_id)
@@ -281,10 +286,9 @@ class MultiWorkerIter(_BaseIter):
 
     def _pop_ready(self) -> tuple[Result, Any] | None:
         if self._config.in_order:
-            ready = self._reorder.pop(self._next_id, None)
-            if ready is not None:
-                self._next_id += 1
-            return ready
+            if not self._sent_order or self._sent_order[0] not in self._reorder:
+                return None
+            return self._reorder.pop(self._sent_order.popleft())
         return self._reorder.pop(min(self._reorder)) if self._reorder else None
 
     def _receive(self) -> None:
@@ -297,7 +301,8 @@ class MultiWorkerIter(_BaseIter):
 
     def _waiting_for(self) -> str:
         if self._config.in_order:
-            return f"batch {self._next_id} (indices {_show(self._in_flight.get(self._next_id))})"
+            waiting = self._sent_order[0] if self._sent_order else None
+            return f"batch {waiting} (indices {_show(self._in_flight.get(waiting))})"
         return f"any of batches {sorted(self._in_flight)}"
 
     def _take_pending(self) -> list[Result]:

@@ -53,6 +53,7 @@ __all__ = [
     "init_thread_worker",
     "mix_seed",
     "next_iterable_batch",
+    "number_batches",
     "run_task",
     "stream_shard",
 ]
@@ -387,6 +388,17 @@ def fetch_batch(spec: FetchSpec, indices: Any) -> Any:
         case FetchMode.BATCH_DATASET:
             return spec.collate_fn(check_batch(dataset[indices], indices))
     raise RuntimeError(f"[INTERNAL ERROR] fetch_batch got mode {spec.mode}")
+
+
+def number_batches(batches: Iterator[Any], skip: int, done: frozenset[int]) -> Iterator[tuple[int, Any]]:
+    """``(batch id, indices)`` for an epoch's batches, leaving out those delivered before.
+
+    The index lists of the left-out batches are still drawn (so everything
+    after them is as in the uninterrupted epoch), but no sample is loaded.
+    """
+    for batch_id, indices in enumerate(batches):
+        if batch_id >= skip and batch_id not in done:
+            yield batch_id, indices
 
 
 def _as_collated(fields: Any) -> Any:

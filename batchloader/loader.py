@@ -9,6 +9,7 @@ need; :class:`LoaderConfig`, how they run) for the iterator it picks.
 
 from __future__ import annotations
 
+import itertools
 import multiprocessing
 import warnings
 import weakref
@@ -24,14 +25,14 @@ from torch.utils.data import IterableDataset as _TorchIterableDataset
 from torch.utils.data.dataloader import _DatasetKind, _InfiniteConstantSampler
 
 from . import _arguments as args
-from . import _datapipes
+from . import _datapipes, _resume
 from ._config import FetchMode, FetchSpec, LoaderConfig, WorkerKind
 from ._epoch import (
     EndlessSampler,
-    EpochHooks,
-    KerasEpoch,
+    Epoch,
     LengthCheck,
     SingleProcessIter,
+    Tracked,
     call_hook,
 )
 from ._multiworker import MultiWorkerIter, StreamingIter
@@ -146,6 +147,7 @@ class DataLoader(_TorchDataLoader[T_co]):
         in_order: bool = True,
         last_batch: str | None = None,
         thread_pool: bool = False,
+        snapshot_every_n_steps: int | None = None,
     ):
         args.check_dataset(dataset)
         args.check_flags(thread_pool=thread_pool, in_order=in_order)
@@ -177,6 +179,7 @@ class DataLoader(_TorchDataLoader[T_co]):
         mode = args.resolve_last_batch(drop_last, last_batch)
         args.check_callables(collate_fn=collate_fn, worker_init_fn=worker_init_fn)
         args.check_generator(generator)
+        args.check_snapshot_steps(snapshot_every_n_steps)
         if is_generator_like(dataset):
             if num_workers > 0 and not thread_pool:
                 raise generator_with_processes_error(dataset)
@@ -213,7 +216,11 @@ class DataLoader(_TorchDataLoader[T_co]):
         self._iterator = None  # torch's attribute; frameworks reset it to None
         self._IterableDataset_len_called = None
         self._warned_unsharded = False
-        self._keras_epoch: KerasEpoch | None = None
+        # torchdata's argument, accepted: every state_dict() here is exact and cheap.
+        self.snapshot_every_n_steps = snapshot_every_n_steps
+        self._epoch: Epoch | None = None
+        self._resume_state: dict[str, Any] | None = None
+        self._resume_pool: tuple[int, int] | None = None
         self._DataLoader__initialized = True
         self._check_worker_count()
 
@@ -370,24 +377,130 @@ class DataLoader(_TorchDataLoader[T_co]):
         previous = self._current()
         if config.persistent_workers and previous is not None:
             previous.close()
+        self._end_epoch()  # an epoch left early ends when the next one begins
+        resume, self._resume_state = self._resume_state, None
+        if resume is not None:
+            self._restore(resume)
+        epoch = Epoch(
+            self._snapshot() if resume is None else resume["snapshot"],
+            *self._resume_position(resume),
+            hooks=self.dataset if self._batch_dataset else None,
+            sampler=self.sampler,
+        )
+        self._epoch = epoch
         if self._batch_dataset:
-            self._end_keras_epoch()  # an epoch left early ends when the next one begins
             call_hook(self.dataset, "on_epoch_begin")  # before workers start on the epoch
         if config.num_workers > 0:
             self._check_worker_count()
         self._check_sharding()
-        iterator = self._make_iterator(spec, config)
+        iterator = self._make_iterator(spec, config, epoch)
         pin_fn = make_pin_fn(config.pin_memory_device, stacklevel=3) if config.pin_memory else None
         if pin_fn is not None:
             # The workers already keep max_in_flight batches ready; two pinned ones suffice.
             iterator = PinMemoryIter(iterator, pin_fn, queue_depth=_PIN_QUEUE_DEPTH)
-        if self._batch_dataset:
-            self._keras_epoch = KerasEpoch(self.dataset, self.sampler)
-            iterator = EpochHooks(iterator, self._keras_epoch)
+        iterator = self._epoch_iterator(iterator, epoch, resume)
         if self._iterable and self._IterableDataset_len_called is not None:
             iterator = LengthCheck(iterator, self, config.num_workers)
         # Weakly: an abandoned epoch's iterator must be collectable, to free its workers.
         self._current = weakref.ref(iterator)
+        return iterator
+
+    # -- resuming ---------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where the loader is: after the last batch handed out, as plain data.
+
+        A loader built with the same arguments continues from there after
+        :meth:`load_state_dict`: the rest of the epoch is the same batches,
+        index for index and with the same per-batch seeds, and the epochs after
+        it are those of the uninterrupted run. torchdata's ``StatefulDataLoader``
+        API; see docs/resume.md.
+
+        Example::
+
+            torch.save({"model": model.state_dict(), "loader": loader.state_dict()}, path)
+            ...
+            loader.load_state_dict(torch.load(path)["loader"])
+            for batch in loader:  # goes on after the last batch handed out
+                ...
+        """
+        if isinstance(self.dataset, ThreadSafeIterator):
+            raise TypeError(
+                "a loader over a generator cannot be resumed: the generator cannot be "
+                "rewound or saved; use a map-style dataset, or an IterableDataset that "
+                "can start from a position"
+            )
+        if self._resume_state is not None:  # loaded, not yet iterated
+            return dict(self._resume_state)
+        epoch = self._epoch
+        if epoch is None or epoch.finished:
+            snapshot, skip, done = self._snapshot(), 0, []
+        else:
+            snapshot, skip, done = epoch.snapshot, epoch.prefix, sorted(epoch.ahead)
+        return {
+            "version": _resume.STATE_VERSION,
+            "config": _resume.config(self),
+            "snapshot": snapshot,
+            "skip": skip,
+            "done": done,
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Makes the next ``iter()`` continue from ``state_dict`` (see :meth:`state_dict`).
+
+        Raises:
+            ValueError: the state comes from another version of batchloader, or
+                from a loader built otherwise (it says what differs).
+        """
+        _resume.check_state(state_dict, _resume.config(self))
+        self._resume_state = dict(state_dict)
+
+    def _snapshot(self) -> dict[str, Any]:
+        pool = self._pool
+        alive = pool is not None and not (pool.closed or pool.broken) and self.persistent_workers
+        return _resume.snapshot(
+            generator=self.generator,
+            index_sampler=self._index_sampler,
+            dataset=self.dataset,
+            pool=(pool.base_seed, self._pool_epochs) if alive else None,
+            endless_position=getattr(self.sampler, "position", None)
+            if isinstance(self.sampler, EndlessSampler)
+            else None,
+        )
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        snapshot = state["snapshot"]
+        _resume.restore(
+            snapshot,
+            generator=self.generator,
+            index_sampler=self._index_sampler,
+            dataset=self.dataset,
+        )
+        if snapshot["endless_position"] is not None and isinstance(self.sampler, EndlessSampler):
+            self.sampler.position = snapshot["endless_position"]
+        pool = snapshot["pool"]
+        if pool is not None and self.persistent_workers:
+            if self._pool is not None:
+                self._pool.close()
+                self._pool = None
+            self._resume_pool = (pool["base_seed"], pool["epochs"])
+
+    def _resume_position(self, state: dict[str, Any] | None) -> tuple[int, frozenset[int]]:
+        if state is None or self._iterable:  # a stream is resumed by reading (_epoch_iterator)
+            return 0, frozenset()
+        return state["skip"], frozenset(state["done"])
+
+    def _epoch_iterator(self, source: Any, epoch: Epoch, state: dict[str, Any] | None) -> Any:
+        iterator = Tracked(source, epoch)
+        if state is not None and self._iterable and state["skip"]:
+            warnings.warn(
+                f"resuming an iterable dataset by reading and dropping the {state['skip']} "
+                "batches already delivered (it has no position to restore)",
+                UserWarning,
+                stacklevel=3,
+            )
+            for _ in itertools.islice(iterator, state["skip"]):
+                pass
         return iterator
 
     def _reusable_pool(self, spec: FetchSpec, config: LoaderConfig) -> WorkerPool | None:
@@ -401,8 +514,13 @@ class DataLoader(_TorchDataLoader[T_co]):
         self._pool = None
         return None
 
-    def _make_iterator(self, spec: FetchSpec, config: LoaderConfig) -> Any:
+    def _make_iterator(self, spec: FetchSpec, config: LoaderConfig, epoch: Epoch) -> Any:
         pool = self._reusable_pool(spec, config) if config.persistent_workers else None
+        resumed_pool, self._resume_pool = self._resume_pool, None
+        if config.persistent_workers and pool is None and resumed_pool is not None:
+            # As in the saved run: this epoch's pool already existed, so no seed is drawn.
+            pool = self._pool = WorkerPool(config, spec, resumed_pool[0])
+            self._pool_epochs = resumed_pool[1]
         shared_seed = None
         if _datapipes.is_iter_datapipe(spec.dataset):
             # torch's one seed per epoch for a datapipe's shufflers, the same in every worker.
@@ -415,7 +533,7 @@ class DataLoader(_TorchDataLoader[T_co]):
                 torch.empty((), dtype=torch.int64).random_(generator=self.generator).item()
             )
         if config.num_workers == 0:
-            return SingleProcessIter(spec, self._index_sampler, shared_seed)
+            return SingleProcessIter(spec, self._index_sampler, shared_seed, epoch=epoch)
         if config.persistent_workers:
             if pool is None:
                 pool = self._pool = WorkerPool(config, spec, base_seed)
@@ -428,9 +546,17 @@ class DataLoader(_TorchDataLoader[T_co]):
             epoch_seed = mix_seed(base_seed, 0)
         if self._iterable:
             return StreamingIter(config, pool, owns_pool=owns, shared_seed=shared_seed)
-        return MultiWorkerIter(
-            config, pool, iter(self._index_sampler), owns_pool=owns, epoch_seed=epoch_seed
+        iterator = MultiWorkerIter(
+            config,
+            pool,
+            iter(self._index_sampler),
+            owns_pool=owns,
+            epoch_seed=epoch_seed,
+            skip=epoch.prefix,
+            done=frozenset(epoch.ahead),
         )
+        epoch.log = iterator.log
+        return iterator
 
     def __len__(self) -> int:
         if self._iterable:
@@ -444,10 +570,9 @@ class DataLoader(_TorchDataLoader[T_co]):
 
     # -- lifetime -------------------------------------------------------------------
 
-    def _end_keras_epoch(self) -> None:
-        if self._keras_epoch is not None:
-            self._keras_epoch.end()
-            self._keras_epoch = None
+    def _end_epoch(self) -> None:
+        if self._epoch is not None:
+            self._epoch.end()
 
     def close(self) -> None:
         """Stops the current epoch's iterator and every worker; idempotent.
@@ -458,7 +583,7 @@ class DataLoader(_TorchDataLoader[T_co]):
         if iterator is not None:
             iterator.close()
         self._current = _no_iterator
-        self._end_keras_epoch()
+        self._end_epoch()
         if self._pool is not None:
             self._pool.close()
             self._pool = None
