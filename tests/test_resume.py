@@ -210,15 +210,18 @@ def test_an_endless_batch_dataset_resumes_at_the_next_batch():
 
 def test_an_array_dataset_resumes_through_its_batched_fetch():
     data = np.arange(50)
-    loader = DataLoader(ArrayDataset(data), batch_size=8, shuffle=True,
-                        generator=torch.Generator().manual_seed(1))
+    loader = DataLoader(
+        ArrayDataset(data), batch_size=8, shuffle=True, generator=torch.Generator().manual_seed(1)
+    )
     whole = [b.tolist() for b in loader]
-    loader = DataLoader(ArrayDataset(data), batch_size=8, shuffle=True,
-                        generator=torch.Generator().manual_seed(1))
+    loader = DataLoader(
+        ArrayDataset(data), batch_size=8, shuffle=True, generator=torch.Generator().manual_seed(1)
+    )
     it = iter(loader)
     next(it), next(it)
-    resumed = DataLoader(ArrayDataset(data), batch_size=8, shuffle=True,
-                         generator=torch.Generator().manual_seed(99))
+    resumed = DataLoader(
+        ArrayDataset(data), batch_size=8, shuffle=True, generator=torch.Generator().manual_seed(99)
+    )
     resumed.load_state_dict(loader.state_dict())
     assert [b.tolist() for b in resumed] == whole[2:]
 

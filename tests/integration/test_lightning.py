@@ -157,3 +157,19 @@ def test_predict_fills_batch_indices_like_torch():
         indices[loader_cls.__module__] = writer.indices
     assert indices["batchloader.loader"] == indices["torch.utils.data.dataloader"]
     assert indices["batchloader.loader"] == [[0, 1, 2], [3, 4, 5], [6, 7]]
+
+
+@pytest.mark.timeout(3 * _DDP_TIMEOUT_S)
+def test_a_fit_interrupted_mid_epoch_resumes_with_the_exact_remaining_batches(tmp_path):
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+    )
+    for mode in ("whole", "first", "rest"):  # each in a new process, as after a preemption
+        command = [sys.executable, str(HERE / "_lightning_resume.py"), mode, str(tmp_path)]
+        done = run_in_own_session(command, env, _DDP_TIMEOUT_S)
+        assert done.returncode == 0, done.stderr[-4000:]
+    whole, first, rest = (
+        json.loads((tmp_path / f"{m}.json").read_text()) for m in ("whole", "first", "rest")
+    )
+    assert len(first) == 5 and first + rest == whole
