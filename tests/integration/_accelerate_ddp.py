@@ -45,9 +45,14 @@ def one_epoch(kind: str) -> dict:
             optimizer.zero_grad()
             syncs += int(accelerator.sync_gradients)
             gathered += len(accelerator.gather_for_metrics(indices))
+    skipped = accelerator.skip_first_batches(prepared, 2)
+    if kind == "batchloader-engine":
+        skipped = batchloader.with_batchloader_engine(skipped, loader)
+    after_skip = [indices.tolist() for _, indices, _ in skipped]
     return {
         "kind": kind,
         "rank": accelerator.process_index,
+        "skip_first_2": after_skip,
         "seen": seen,
         "engines": sorted(engines),
         "syncs": syncs,

@@ -60,3 +60,10 @@ def test_gradient_accumulation_syncs_at_the_end_of_the_epoch(records, kind):
 def test_prepare_loads_with_torchs_engine_unless_given_batchloaders(records):
     assert [r["engines"] for r in records["batchloader"]] == [["torch"], ["torch"]]
     assert [r["engines"] for r in records["batchloader-engine"]] == [["batchloader"]] * 2
+
+
+@pytest.mark.parametrize("kind", ["torch", "batchloader", "batchloader-engine"])
+def test_skip_first_batches_leaves_out_two_batches_of_each_shard(records, kind):
+    for record in records[kind]:
+        assert len(record["skip_first_2"]) == 3  # 5 batches per rank, 2 skipped
+        assert all(len(batch) == 2 for batch in record["skip_first_2"])
