@@ -67,12 +67,20 @@ class SingleProcessIter:
             self._indices = None
         else:
             epoch = epoch or Epoch({})
-            self._indices = number_batches(iter(index_sampler), epoch.prefix, frozenset(epoch.ahead))
+            self._indices = number_batches(
+                iter(index_sampler), epoch.prefix, frozenset(epoch.ahead)
+            )
             self._log = epoch.log = collections.deque()
         self._done = False
 
     def __iter__(self) -> Iterator[Any]:
         return self
+
+    def draw_indices(self) -> None:
+        """Draws the epoch's index lists up to the next batch now (the sampler's randomness)."""
+        if self._indices is not None:
+            first = next(self._indices, None)
+            self._indices = itertools.chain(() if first is None else (first,), self._indices)
 
     def __next__(self) -> Any:
         if self._done:

@@ -20,19 +20,32 @@ a sample.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Mapping, Sized
 from typing import Any
 
+import numpy as np
 import torch
 
-__all__ = ["STATE_VERSION", "check_state", "config", "restore", "snapshot"]
+__all__ = [
+    "STATE_VERSION",
+    "check_state",
+    "config",
+    "process_rng",
+    "restore",
+    "set_process_rng",
+    "snapshot",
+]
 
 STATE_VERSION = 1
 
 
 def _rng_state(generator: torch.Generator | None) -> dict[str, str]:
     state = torch.get_rng_state() if generator is None else generator.get_state()
-    return {"of": "torch" if generator is None else "generator", "state": state.numpy().tobytes().hex()}
+    return {
+        "of": "torch" if generator is None else "generator",
+        "state": state.numpy().tobytes().hex(),
+    }
 
 
 def _set_rng_state(generator: torch.Generator | None, saved: Mapping[str, str]) -> None:
@@ -41,6 +54,37 @@ def _set_rng_state(generator: torch.Generator | None, saved: Mapping[str, str]) 
         torch.set_rng_state(state)
     else:
         generator.set_state(state)
+
+
+def process_rng() -> dict[str, Any]:
+    """The process's global generators (torch, NumPy, Python) as plain data.
+
+    With ``num_workers=0`` a dataset's random augmentations come from these;
+    saved with the position and put back after the resumed epoch has drawn
+    its indices, the augmentations after the position repeat too.
+    """
+    _, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    return {
+        "torch": torch.get_rng_state().numpy().tobytes().hex(),
+        "numpy": {"keys": keys.tobytes().hex(), "pos": int(pos), "has_gauss": int(has_gauss),
+                  "gauss": float(gauss)},
+        "random": {"version": version, "internal": list(internal), "gauss_next": gauss_next},
+    }  # fmt: skip
+
+
+def set_process_rng(saved: Mapping[str, Any]) -> None:
+    """Puts back what :func:`process_rng` returned."""
+    torch.set_rng_state(
+        torch.frombuffer(bytearray.fromhex(saved["torch"]), dtype=torch.uint8).clone()
+    )
+    numpy_state = saved["numpy"]
+    keys = np.frombuffer(bytes.fromhex(numpy_state["keys"]), dtype=np.uint32).copy()
+    np.random.set_state(
+        ("MT19937", keys, numpy_state["pos"], numpy_state["has_gauss"], numpy_state["gauss"])
+    )
+    python = saved["random"]
+    random.setstate((python["version"], tuple(python["internal"]), python["gauss_next"]))
 
 
 def _state_of(obj: Any) -> Any:

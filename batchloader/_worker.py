@@ -390,7 +390,9 @@ def fetch_batch(spec: FetchSpec, indices: Any) -> Any:
     raise RuntimeError(f"[INTERNAL ERROR] fetch_batch got mode {spec.mode}")
 
 
-def number_batches(batches: Iterator[Any], skip: int, done: frozenset[int]) -> Iterator[tuple[int, Any]]:
+def number_batches(
+    batches: Iterator[Any], skip: int, done: frozenset[int]
+) -> Iterator[tuple[int, Any]]:
     """``(batch id, indices)`` for an epoch's batches, leaving out those delivered before.
 
     The index lists of the left-out batches are still drawn (so everything

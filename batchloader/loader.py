@@ -394,6 +394,13 @@ class DataLoader(_TorchDataLoader[T_co]):
             self._check_worker_count()
         self._check_sharding()
         iterator = self._make_iterator(spec, config, epoch)
+        if (
+            resume is not None
+            and "process_rng" in resume
+            and isinstance(iterator, SingleProcessIter)
+        ):
+            iterator.draw_indices()  # the epoch's draws first, from the epoch's start state
+            _resume.set_process_rng(resume["process_rng"])
         pin_fn = make_pin_fn(config.pin_memory_device, stacklevel=3) if config.pin_memory else None
         if pin_fn is not None:
             # The workers already keep max_in_flight batches ready; two pinned ones suffice.
@@ -437,13 +444,17 @@ class DataLoader(_TorchDataLoader[T_co]):
             snapshot, skip, done = self._snapshot(), 0, []
         else:
             snapshot, skip, done = epoch.snapshot, epoch.prefix, sorted(epoch.ahead)
-        return {
+        state = {
             "version": _resume.STATE_VERSION,
             "config": _resume.config(self),
             "snapshot": snapshot,
             "skip": skip,
             "done": done,
         }
+        if self.num_workers == 0 and not self._iterable:
+            # The main process loads: its generators are the augmentations' (see docs/resume.md).
+            state["process_rng"] = _resume.process_rng()
+        return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Makes the next ``iter()`` continue from ``state_dict`` (see :meth:`state_dict`).
