@@ -175,6 +175,10 @@ class Epoch:
         self.prefix = skip
         self.ahead = set(done)
         self.log: collections.deque[int] | None = None  # set by a source that numbers batches
+        # set by a stream source: (worker, its dataset's state after the batch)
+        self.stream_log: collections.deque[tuple[int, Any]] | None = None
+        self.worker_states: dict[int, Any] = {}  # per worker: the state after its last batch
+        self.last_worker: int | None = None
         self.count = 0  # batches handed out by this iterator
         self.finished = False
         self._hooks = hooks
@@ -185,6 +189,10 @@ class Epoch:
         self.count += 1
         if self.log is None:
             self.prefix += 1  # a stream: batches are counted, in order
+            if self.stream_log:
+                self.last_worker, state = self.stream_log.popleft()
+                if state is not None:
+                    self.worker_states[self.last_worker] = state
             return
         batch_id = self.log.popleft()
         if batch_id != self.prefix:

@@ -132,9 +132,12 @@ class _BaseIter:
             self._leave(_State.FAILED)
             raise
         self.batches_yielded += 1
-        if result.batch_id >= 0 and indices is not None:
-            self.log.append(result.batch_id)
+        self.log.append(self._log_entry(result))
         return batch
+
+    def _log_entry(self, result: Result) -> Any:
+        """What the epoch's bookkeeping needs of a batch handed on (see ``_epoch.Epoch``)."""
+        raise NotImplementedError
 
     def _check(self) -> None:
         """Called on every idle poll: are the workers alive, has time run out?"""
@@ -299,6 +302,9 @@ class MultiWorkerIter(_BaseIter):
             return
         self._reorder[result.batch_id] = (result, self._in_flight.pop(result.batch_id))
 
+    def _log_entry(self, result: Result) -> int:
+        return result.batch_id
+
     def _waiting_for(self) -> str:
         if self._config.in_order:
             waiting = self._sent_order[0] if self._sent_order else None
@@ -329,18 +335,23 @@ class StreamingIter(_BaseIter):
         *,
         owns_pool: bool,
         shared_seed: int | None = None,
+        resume_states: dict[int, Any] | None = None,
+        first_worker: int = 0,
     ):
         super().__init__(config, pool, owns_pool=owns_pool)
         self._shared_seed = shared_seed  # the epoch's seed for a datapipe's shufflers
+        self._resume_states = resume_states  # per worker: a stateful dataset's saved state
         self._streams = pool.setup.streams
         self._active = deque(range(config.num_workers))
+        self._active.rotate(-first_worker)  # a resumed epoch's turn goes on where it was
+        self.log: deque[tuple[int, Any]] = deque()  # (worker, dataset state) handed on
         self._epoch = -1
         self._reorder: dict[int, Result] = {}  # merged, in order: batch number -> result
         self._next_id = 0
         self._begin(self._start_streams)
 
     def _start_streams(self) -> None:
-        self._epoch = self._pool.start_streams(self._shared_seed)
+        self._epoch = self._pool.start_streams(self._shared_seed, self._resume_states)
 
     def _next_result(self) -> tuple[Result, Any] | None:
         if self._config.merged_streams:
@@ -384,6 +395,9 @@ class StreamingIter(_BaseIter):
             self._pool.release(result)
             return None
         return result
+
+    def _log_entry(self, result: Result) -> tuple[int, Any]:
+        return result.worker_id, result.state
 
     def _waiting_for(self) -> str:
         if self._config.merged_streams:

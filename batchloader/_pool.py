@@ -224,13 +224,17 @@ class WorkerPool:
             _worker.run_task, (task,), callback=on_result, error_callback=on_error
         )
 
-    def start_streams(self, shared_seed: int | None = None) -> int:
+    def start_streams(
+        self, shared_seed: int | None = None, resume_states: dict[int, Any] | None = None
+    ) -> int:
         """Starts one stream task per worker for a new epoch; returns the epoch."""
         self.setup.stop.clear()
         self.setup.barrier.reset()
         self._stream_epoch = next(_stream_epochs)
         self._streams = [
-            self._pool.apply_async(_worker.stream_shard, (self._stream_epoch, shared_seed))
+            self._pool.apply_async(
+                _worker.stream_shard, (self._stream_epoch, shared_seed, resume_states)
+            )
             for _ in range(self.num_workers)
         ]
         return self._stream_epoch

@@ -99,9 +99,13 @@ class Result:
     status: Status
     payload: Any = None
     epoch: int = 0  # for streams: results of an abandoned epoch are told apart and dropped
+    state: Any = None  # for streams of a stateful dataset: its state_dict() after this batch
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (Result, (self.batch_id, self.worker_id, self.status, self.payload, self.epoch))
+        return (
+            Result,
+            (self.batch_id, self.worker_id, self.status, self.payload, self.epoch, self.state),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -466,7 +470,16 @@ def _put(state: _WorkerState, result: Result) -> bool:
     return False
 
 
-def stream_shard(epoch: int, shared_seed: int | None = None) -> None:
+def _stateful(dataset: Any) -> bool:
+    """Whether a dataset follows torchdata's protocol: ``state_dict`` and ``load_state_dict``."""
+    return callable(getattr(dataset, "state_dict", None)) and callable(
+        getattr(dataset, "load_state_dict", None)
+    )
+
+
+def stream_shard(
+    epoch: int, shared_seed: int | None = None, resume_states: dict[int, Any] | None = None
+) -> None:
     """Streams this worker's copy of an iterable dataset into its queue.
 
     One such task per worker per epoch. The barrier makes each land on a
@@ -482,8 +495,13 @@ def stream_shard(epoch: int, shared_seed: int | None = None) -> None:
     if state.init_error is not None:
         _put(state, Result(-1, wid, Status.FATAL, state.init_error, epoch))
         return
+    dataset = setup.spec.dataset
+    # A process worker's own copy of a stateful dataset reports its state with every batch.
+    stateful = state.is_process and _stateful(dataset)
     try:
-        iterator = iter(_datapipes.seed_epoch(setup.spec.dataset, shared_seed))
+        if stateful and resume_states and wid in resume_states:
+            dataset.load_state_dict(resume_states[wid])
+        iterator = iter(_datapipes.seed_epoch(dataset, shared_seed))
     except Exception as e:
         # As in torch: the error is raised for this worker's first batch, then its shard is done.
         if _put(state, Result(-1, wid, Status.ERROR, _RemoteError.capture(e), epoch)):
@@ -504,6 +522,7 @@ def stream_shard(epoch: int, shared_seed: int | None = None) -> None:
             _shm.abandon()
             outgoing = Result(n, wid, Status.ERROR, _RemoteError.capture(e), epoch)
         else:
-            outgoing = Result(n, wid, Status.OK, _outgoing(state, batch), epoch)
+            after = dataset.state_dict() if stateful else None
+            outgoing = Result(n, wid, Status.OK, _outgoing(state, batch), epoch, after)
         if not _put(state, outgoing):
             return

@@ -393,6 +393,8 @@ class DataLoader(_TorchDataLoader[T_co]):
         if config.num_workers > 0:
             self._check_worker_count()
         self._check_sharding()
+        if self._iterable:
+            self._resume_streams(epoch, resume)
         iterator = self._make_iterator(spec, config, epoch)
         if (
             resume is not None
@@ -454,6 +456,13 @@ class DataLoader(_TorchDataLoader[T_co]):
         if self.num_workers == 0 and not self._iterable:
             # The main process loads: its generators are the augmentations' (see docs/resume.md).
             state["process_rng"] = _resume.process_rng()
+        if epoch is not None and not epoch.finished and epoch.worker_states:
+            # A stateful iterable dataset: each process worker's state after its last batch.
+            state["streams"] = {
+                "num_workers": self.num_workers,
+                "states": [[w, s] for w, s in sorted(epoch.worker_states.items())],
+                "last_worker": epoch.last_worker,
+            }
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -501,8 +510,19 @@ class DataLoader(_TorchDataLoader[T_co]):
             return 0, frozenset()
         return state["skip"], frozenset(state["done"])
 
+    def _resume_streams(self, epoch: Epoch, state: dict[str, Any] | None) -> None:
+        """Gives a resumed epoch its workers' dataset states, where they can be used."""
+        streams = None if state is None else state.get("streams")
+        if streams is None or streams["num_workers"] != self.num_workers or self.thread_pool:
+            return
+        epoch.worker_states = {int(w): s for w, s in streams["states"]}
+        epoch.last_worker = streams["last_worker"]
+
     def _epoch_iterator(self, source: Any, epoch: Epoch, state: dict[str, Any] | None) -> Any:
         iterator = Tracked(source, epoch)
+        if state is not None and epoch.worker_states:  # each worker starts from its own state
+            epoch.prefix = state["skip"]
+            return iterator
         if state is not None and self._iterable and state["skip"]:
             warnings.warn(
                 f"resuming an iterable dataset by reading and dropping the {state['skip']} "
@@ -556,7 +576,16 @@ class DataLoader(_TorchDataLoader[T_co]):
             pool, owns = WorkerPool(config, spec, base_seed), True
             epoch_seed = mix_seed(base_seed, 0)
         if self._iterable:
-            return StreamingIter(config, pool, owns_pool=owns, shared_seed=shared_seed)
+            iterator = StreamingIter(
+                config,
+                pool,
+                owns_pool=owns,
+                shared_seed=shared_seed,
+                resume_states=dict(epoch.worker_states) or None,
+                first_worker=0 if epoch.last_worker is None else epoch.last_worker + 1,
+            )
+            epoch.stream_log = iterator.log
+            return iterator
         iterator = MultiWorkerIter(
             config,
             pool,

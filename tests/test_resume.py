@@ -238,3 +238,40 @@ def test_state_dict_does_not_warn():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         _loader().state_dict()
+
+
+class Positioned(torch.utils.data.IterableDataset):
+    """torchdata's protocol: a stream that can say where it is and start from there."""
+
+    def __init__(self, n=20):
+        self.n, self.start, self.position = n, 0, 0
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        wid, count = (0, 1) if info is None else (info.id, info.num_workers)
+        self.position = self.start
+        for i in range(self.start, self.n):
+            if i % count == wid:
+                self.position = i + 1
+                yield i
+
+    def state_dict(self):
+        return {"position": self.position}
+
+    def load_state_dict(self, state):
+        self.start = state["position"]
+
+
+def test_a_stateful_iterable_dataset_resumes_each_worker_from_its_own_state():
+    whole = [int(x) for x in DataLoader(Positioned(), batch_size=None, num_workers=2)]
+    loader = DataLoader(Positioned(), batch_size=None, num_workers=2)
+    it = iter(loader)
+    first = [int(next(it)) for _ in range(5)]
+    state = loader.state_dict()
+    assert "streams" in state and json.loads(json.dumps(state)) == state
+    resumed = DataLoader(Positioned(), batch_size=None, num_workers=2)
+    resumed.load_state_dict(state)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no reading and dropping
+        rest = [int(x) for x in resumed]
+    assert first + rest == whole
