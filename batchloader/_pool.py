@@ -29,8 +29,8 @@ __all__ = ["WorkerPool"]
 
 _log = logging.getLogger("batchloader")
 
-# Grace a worker gets after SIGTERM before SIGKILL: workers hold no state worth saving.
-_TERM_GRACE_S = 1.0
+# How long the Pool's worker-replacing thread gets to notice it must stop.
+_HANDLER_STOP_S = 1.0
 # How long an abandoned epoch's stream tasks get to notice the stop flag.
 _STREAM_STOP_S = 5.0
 _POLL_S = 0.01
@@ -337,17 +337,16 @@ def _stop_processes(pool: Pool, members: list[Any]) -> None:
     # First stop the Pool's handler from replacing the workers we are about to kill.
     pool._worker_handler._state = TERMINATE
     pool._change_notifier.put(None)
-    pool._worker_handler.join(_TERM_GRACE_S)
+    pool._worker_handler.join(_HANDLER_STOP_S)
     processes = list({p.pid: p for p in [*members, *pool._pool]}.values())
+    # SIGKILL, not SIGTERM: a worker holds nothing worth saving (the pool's segments are
+    # removed by name afterwards), and no handler, ours or one a worker inherited from
+    # the trainer, can run, delay or refuse it.
     for p in processes:
         if p.exitcode is None:
-            p.terminate()
-    for p in processes:
-        p.join(_TERM_GRACE_S)
-        if p.exitcode is None:
-            _log.warning("worker pid %s ignored SIGTERM; killing it", p.pid)
             p.kill()
-            p.join()
+    for p in processes:
+        p.join()
     # Pool.terminate() takes these locks; a worker killed inside get()/put() held them.
     _free_lock(pool._inqueue._rlock)
     _free_lock(getattr(pool._outqueue, "_wlock", None))
