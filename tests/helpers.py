@@ -139,6 +139,27 @@ class ShardedIterable(torch.utils.data.IterableDataset):
         return self.n
 
 
+class EndlessBatches(batchloader.BatchDataset):
+    """An endless batch dataset that records its epoch hooks."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.calls = []
+
+    @property
+    def num_batches(self):
+        return None
+
+    def __getitem__(self, i):
+        return (np.array([i]),)
+
+    def on_epoch_begin(self):
+        self.calls.append("begin")
+
+    def on_epoch_end(self):
+        self.calls.append("end")
+
+
 def shm_segments() -> set[str]:
     """Names of batchloader segments in /dev/shm."""
     return {n for n in os.listdir("/dev/shm") if n.startswith("batchloader-")}
@@ -239,6 +260,7 @@ def to_python(batch: Any) -> Any:
 
 
 __all__ = [
+    "EndlessBatches",
     "ExitingDataset",
     "FailingDataset",
     "RangeDataset",

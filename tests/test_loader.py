@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from batchloader import ArrayDataset, BatchDataset, DataLoader, threadsafe
-from tests.helpers import RangeDataset, ShardedIterable, batches_as_lists
+from tests.helpers import EndlessBatches, RangeDataset, ShardedIterable, batches_as_lists
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -320,30 +320,9 @@ def test_rollover_after_an_abandoned_epoch_starts_afresh_like_gluon():
     assert batches[0] == [0, 1, 2, 3] and len(batches) == 10
 
 
-class _EndlessRecorder(BatchDataset):
-    """An endless batch dataset that records its epoch hooks."""
-
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
-        self.calls = []
-
-    @property
-    def num_batches(self):
-        return None
-
-    def __getitem__(self, i):
-        return (np.array([i]),)
-
-    def on_epoch_begin(self):
-        self.calls.append("begin")
-
-    def on_epoch_end(self):
-        self.calls.append("end")
-
-
 @pytest.mark.parametrize("workers", [1, 2])
 def test_an_endless_batch_dataset_goes_on_where_the_last_epoch_stopped(workers):
-    dataset = _EndlessRecorder(workers=workers)
+    dataset = EndlessBatches(workers=workers)
     loader = DataLoader(dataset, batch_size=None)
     epochs = []
     for _ in range(3):
@@ -354,7 +333,7 @@ def test_an_endless_batch_dataset_goes_on_where_the_last_epoch_stopped(workers):
 
 
 def test_an_epoch_left_early_ends_when_its_iterator_is_closed():
-    dataset = _EndlessRecorder()
+    dataset = EndlessBatches()
     it = iter(DataLoader(dataset, batch_size=None))
     next(it)
     assert dataset.calls == ["begin"]

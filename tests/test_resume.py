@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from batchloader import ArrayDataset, BatchDataset, DataLoader
-from tests.helpers import RangeDataset
+from batchloader import ArrayDataset, DataLoader
+from tests.helpers import EndlessBatches, RangeDataset
 
 
 class Augmented(RangeDataset):
@@ -193,19 +193,11 @@ def test_a_generator_cannot_be_resumed():
 
 
 def test_an_endless_batch_dataset_resumes_at_the_next_batch():
-    class Endless(BatchDataset):
-        @property
-        def num_batches(self):
-            return None
-
-        def __getitem__(self, i):
-            return (np.array([i]),)
-
-    loader = DataLoader(Endless(), batch_size=None)
+    loader = DataLoader(EndlessBatches(), batch_size=None)
     for _, _batch in zip(range(5), loader, strict=False):
         pass
     state = loader.state_dict()
-    resumed = DataLoader(Endless(), batch_size=None)
+    resumed = DataLoader(EndlessBatches(), batch_size=None)
     resumed.load_state_dict(state)
     assert [int(x[0]) for _, (x,) in zip(range(3), resumed, strict=False)] == [5, 6, 7]
 
