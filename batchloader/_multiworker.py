@@ -71,7 +71,6 @@ class _BaseIter:
         self._state = _State.CLOSED  # until the subclass has started the epoch
         self._lock = threading.Lock()
         self._deadline: float | None = None
-        self.batches_yielded = 0
 
     def __iter__(self) -> Iterator[Any]:
         return self
@@ -131,7 +130,6 @@ class _BaseIter:
         except BaseException:
             self._leave(_State.FAILED)
             raise
-        self.batches_yielded += 1
         self.log.append(self._log_entry(result))
         return batch
 

@@ -436,6 +436,11 @@ class _PinMemoryIter(Iterator[Any]):
         self._state = _State.CLOSED
         self._finalizer()
 
+    def adopt_pool(self) -> bool:
+        """Passes a persistent pool whose loader is gone on to the source (see the loader)."""
+        adopt = getattr(self._source, "adopt_pool", None)
+        return bool(adopt()) if adopt is not None else False
+
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(state={self._state.name}, queue_depth={self._queue_depth}, "

@@ -661,3 +661,18 @@ def test_keep_one_ahead_hands_over_before_starting_the_next_copy() -> None:
         *("hand1", "start2", "use1"),
         *("hand2", "use2"),
     ]
+
+
+def test_the_stage_passes_a_pool_adoption_on_to_its_source() -> None:
+    """A temporary persistent loader's epoch keeps its workers through the pin stage too."""
+
+    class Adopting(InfiniteSource):
+        def adopt_pool(self) -> bool:
+            return True
+
+    it = _PinMemoryIter(Adopting(), tag, queue_depth=1)
+    assert it.adopt_pool() is True
+    it.close()
+    plain = _PinMemoryIter(InfiniteSource(), tag, queue_depth=1)
+    assert plain.adopt_pool() is False
+    plain.close()
