@@ -9,7 +9,6 @@ need; :class:`LoaderConfig`, how they run) for the iterator it picks.
 
 from __future__ import annotations
 
-import itertools
 import multiprocessing
 import warnings
 import weakref
@@ -32,7 +31,6 @@ from ._epoch import (
     Epoch,
     LengthCheck,
     SingleProcessIter,
-    Tracked,
     call_hook,
 )
 from ._multiworker import MultiWorkerIter, StreamingIter
@@ -96,7 +94,7 @@ def _world_size() -> int:
     return dist.get_world_size()
 
 
-class DataLoader(_TorchDataLoader[T_co]):
+class DataLoader(_resume.Resumable, _TorchDataLoader[T_co]):
     """Loads batches from a dataset; a drop-in for ``torch.utils.data.DataLoader``.
 
     It *is* a ``torch.utils.data.DataLoader`` (frameworks that check
@@ -412,126 +410,6 @@ class DataLoader(_TorchDataLoader[T_co]):
             iterator = LengthCheck(iterator, self, config.num_workers)
         # Weakly: an abandoned epoch's iterator must be collectable, to free its workers.
         self._current = weakref.ref(iterator)
-        return iterator
-
-    # -- resuming ---------------------------------------------------------------------
-
-    def state_dict(self) -> dict[str, Any]:
-        """Where the loader is: after the last batch handed out, as plain data.
-
-        A loader built with the same arguments continues from there after
-        :meth:`load_state_dict`: the rest of the epoch is the same batches,
-        index for index and with the same per-batch seeds, and the epochs after
-        it are those of the uninterrupted run. torchdata's ``StatefulDataLoader``
-        API; see docs/resume.md.
-
-        Example::
-
-            torch.save({"model": model.state_dict(), "loader": loader.state_dict()}, path)
-            ...
-            loader.load_state_dict(torch.load(path)["loader"])
-            for batch in loader:  # goes on after the last batch handed out
-                ...
-        """
-        if isinstance(self.dataset, ThreadSafeIterator):
-            raise TypeError(
-                "a loader over a generator cannot be resumed: the generator cannot be "
-                "rewound or saved; use a map-style dataset, or an IterableDataset that "
-                "can start from a position"
-            )
-        if self._resume_state is not None:  # loaded, not yet iterated
-            return dict(self._resume_state)
-        epoch = self._epoch
-        if epoch is None or epoch.finished:
-            snapshot, skip, done = self._snapshot(), 0, []
-        else:
-            snapshot, skip, done = epoch.snapshot, epoch.prefix, sorted(epoch.ahead)
-        state = {
-            "version": _resume.STATE_VERSION,
-            "config": _resume.config(self),
-            "snapshot": snapshot,
-            "skip": skip,
-            "done": done,
-        }
-        if self.num_workers == 0 and not self._iterable:
-            # The main process loads: its generators are the augmentations' (see docs/resume.md).
-            state["process_rng"] = _resume.process_rng()
-        if epoch is not None and not epoch.finished and epoch.worker_states:
-            # A stateful iterable dataset: each process worker's state after its last batch.
-            state["streams"] = {
-                "num_workers": self.num_workers,
-                "states": [[w, s] for w, s in sorted(epoch.worker_states.items())],
-                "last_worker": epoch.last_worker,
-            }
-        return state
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Makes the next ``iter()`` continue from ``state_dict`` (see :meth:`state_dict`).
-
-        Raises:
-            ValueError: the state comes from another version of batchloader, or
-                from a loader built otherwise (it says what differs).
-        """
-        _resume.check_state(state_dict, _resume.config(self))
-        self._resume_state = dict(state_dict)
-
-    def _snapshot(self) -> dict[str, Any]:
-        pool = self._pool
-        alive = pool is not None and not (pool.closed or pool.broken) and self.persistent_workers
-        return _resume.snapshot(
-            generator=self.generator,
-            index_sampler=self._index_sampler,
-            dataset=self.dataset,
-            pool=(pool.base_seed, self._pool_epochs) if alive else None,
-            endless_position=getattr(self.sampler, "position", None)
-            if isinstance(self.sampler, EndlessSampler)
-            else None,
-        )
-
-    def _restore(self, state: dict[str, Any]) -> None:
-        snapshot = state["snapshot"]
-        _resume.restore(
-            snapshot,
-            generator=self.generator,
-            index_sampler=self._index_sampler,
-            dataset=self.dataset,
-        )
-        if snapshot["endless_position"] is not None and isinstance(self.sampler, EndlessSampler):
-            self.sampler.position = snapshot["endless_position"]
-        pool = snapshot["pool"]
-        if pool is not None and self.persistent_workers:
-            if self._pool is not None:
-                self._pool.close()
-                self._pool = None
-            self._resume_pool = (pool["base_seed"], pool["epochs"])
-
-    def _resume_position(self, state: dict[str, Any] | None) -> tuple[int, frozenset[int]]:
-        if state is None or self._iterable:  # a stream is resumed by reading (_epoch_iterator)
-            return 0, frozenset()
-        return state["skip"], frozenset(state["done"])
-
-    def _resume_streams(self, epoch: Epoch, state: dict[str, Any] | None) -> None:
-        """Gives a resumed epoch its workers' dataset states, where they can be used."""
-        streams = None if state is None else state.get("streams")
-        if streams is None or streams["num_workers"] != self.num_workers or self.thread_pool:
-            return
-        epoch.worker_states = {int(w): s for w, s in streams["states"]}
-        epoch.last_worker = streams["last_worker"]
-
-    def _epoch_iterator(self, source: Any, epoch: Epoch, state: dict[str, Any] | None) -> Any:
-        iterator = Tracked(source, epoch)
-        if state is not None and epoch.worker_states:  # each worker starts from its own state
-            epoch.prefix = state["skip"]
-            return iterator
-        if state is not None and self._iterable and state["skip"]:
-            warnings.warn(
-                f"resuming an iterable dataset by reading and dropping the {state['skip']} "
-                "batches already delivered (it has no position to restore)",
-                UserWarning,
-                stacklevel=3,
-            )
-            for _ in itertools.islice(iterator, state["skip"]):
-                pass
         return iterator
 
     def _reusable_pool(self, spec: FetchSpec, config: LoaderConfig) -> WorkerPool | None:
