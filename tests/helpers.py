@@ -13,6 +13,8 @@ import socket
 import subprocess
 import threading
 import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -223,6 +225,20 @@ def free_ports(count: int) -> list[int]:
             probe.close()
 
 
+REPO = Path(__file__).resolve().parents[1]
+
+
+def child_env(drop: Callable[[str], bool] | None = None, **extra: str) -> dict[str, str]:
+    """This process's environment for a child Python that imports this checkout.
+
+    ``drop`` removes variables (a launcher's, say) and ``extra`` adds some.
+    """
+    env = {name: value for name, value in os.environ.items() if drop is None or not drop(name)}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    env.update(extra)
+    return env
+
+
 def run_in_own_session(
     command: list[str], env: dict[str, str], timeout_s: float
 ) -> subprocess.CompletedProcess[str]:
@@ -270,6 +286,7 @@ __all__ = [
     "WorkerInfoDataset",
     "assert_no_leaks",
     "batches_as_lists",
+    "child_env",
     "child_pids",
     "free_ports",
     "run_in_own_session",

@@ -12,7 +12,6 @@ import dataclasses
 import itertools
 import multiprocessing
 import multiprocessing.connection
-import os
 import pickle
 import re
 import sys
@@ -34,7 +33,7 @@ from batchloader.distributed import (
     split_by_rank_and_worker,
 )
 from tests import _ddp_ranks as ranks
-from tests.helpers import free_ports, run_in_own_session
+from tests.helpers import child_env, free_ports, run_in_own_session
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -415,9 +414,7 @@ def test_ddp_example_trains_under_torchrun():
         "--master_addr", "127.0.0.1", "--master_port", str(free_ports(1)[0]),
         str(REPO / "examples" / "ddp_train.py"), "--epochs", "2", "--samples", "256",
     ]  # fmt: skip
-    env = {key: value for key, value in os.environ.items() if key not in _LAUNCHER_VARIABLES}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    env["GLOO_SOCKET_IFNAME"] = "lo"
+    env = child_env(lambda name: name in _LAUNCHER_VARIABLES, GLOO_SOCKET_IFNAME="lo")
     done = run_in_own_session(command, env, _TORCHRUN_TIMEOUT_S)
     assert done.returncode == 0, done.stderr[-4000:]
     epochs = re.findall(

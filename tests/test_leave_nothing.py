@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
 import textwrap
 import time
-from pathlib import Path
 
 import psutil
 import pytest
 
-from tests.helpers import shm_segments
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.helpers import child_env, shm_segments
 
 # A trainer holding big batches in flight, which prints its worker pids and then waits to be killed.
 _TRAINER = textwrap.dedent(
@@ -42,10 +38,7 @@ _TRAINER = textwrap.dedent(
 
 
 def _start_trainer() -> tuple[subprocess.Popen[str], list[int]]:
-    env = dict(
-        os.environ,
-        PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
-    )
+    env = child_env()
     trainer = subprocess.Popen(
         [sys.executable, "-c", _TRAINER], stdout=subprocess.PIPE, text=True, env=env
     )

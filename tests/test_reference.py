@@ -25,6 +25,7 @@ import pytest
 import torch
 
 import batchloader
+from tests.reference.epochs import run_epoch
 
 REFERENCE = pathlib.Path(__file__).resolve().parent / "reference"
 GLUON = json.loads((REFERENCE / "gluon.json").read_text())
@@ -32,31 +33,6 @@ KERAS = json.loads((REFERENCE / "keras.json").read_text())
 
 
 # -- epoch scripts (BatchSampler and DataLoader) ----------------------------------------
-
-
-def run_epoch(batches: Any, step: str, as_list: Any) -> list[Any]:
-    """One epoch as record_gluon.py ran it: ``[len_before, len_after_first, batches]``."""
-    len_before, len_after_first = len(batches), None
-    if step == "full":
-        limit = None
-    elif step == "islice-len":
-        limit = len_before  # list(islice(bs, len(bs))): never asks for the batch after
-    elif step.startswith("abandon:"):
-        limit = int(step.removeprefix("abandon:"))
-    else:
-        raise ValueError(f"unknown step {step!r} in the reference")
-    taken: list[Any] = []
-    iterator = iter(batches)
-    while limit is None or len(taken) < limit:
-        try:
-            batch = next(iterator)
-        except StopIteration:
-            break
-        taken.append(as_list(batch))
-        if len(taken) == 1:
-            len_after_first = len(batches)
-    del iterator  # abandoning an epoch: its iterator is dropped here
-    return [len_before, len_after_first, taken]
 
 
 def _epoch_id(case: dict[str, Any]) -> str:

@@ -7,11 +7,10 @@ import shutil
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.helpers import child_env
 
 _SCRIPT = textwrap.dedent(
     """
@@ -40,10 +39,7 @@ _SCRIPT = textwrap.dedent(
     reason="a private /dev/shm needs root and unshare",
 )
 def test_twelve_megabyte_batches_load_with_a_64_megabyte_dev_shm():
-    env = dict(
-        os.environ,
-        PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
-    )
+    env = child_env()
     command = [
         "unshare", "-m", "sh", "-c",
         f"mount -t tmpfs -o size=64m tmpfs /dev/shm && exec {sys.executable} -c '{_SCRIPT}'",

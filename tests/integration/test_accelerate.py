@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import free_ports, run_in_own_session
+from tests.helpers import child_env, free_ports, run_in_own_session
 
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parents[1]
 _TIMEOUT_S = 150
 
 
@@ -20,10 +18,8 @@ _TIMEOUT_S = 150
 def records(tmp_path_factory):
     """Each rank's epoch with torch's loader, batchloader's, and batchloader's with its engine."""
     out = tmp_path_factory.mktemp("accelerate")
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    env.update(
-        PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])),
-        GLOO_SOCKET_IFNAME="lo",
+    env = child_env(
+        lambda name: name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"), GLOO_SOCKET_IFNAME="lo"
     )
     command = [
         str(Path(sys.executable).with_name("torchrun")), "--nproc_per_node", "2",

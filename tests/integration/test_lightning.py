@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -12,21 +11,17 @@ import pytest
 import torch
 
 import batchloader
-from tests.helpers import free_ports, run_in_own_session
+from tests.helpers import child_env, free_ports, run_in_own_session
 
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parents[1]
 _DDP_TIMEOUT_S = 150
 
 
 def _ddp_fit(kind: str, tmp_path: Path, *extra: str) -> dict[int, dict]:
     out = tmp_path / kind
     out.mkdir()
-    env = {
-        k: v for k, v in os.environ.items() if not k.startswith(("PL_", "LOCAL_RANK", "NODE_RANK"))
-    }
-    env.update(
-        PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])),
+    env = child_env(
+        lambda name: name.startswith(("PL_", "LOCAL_RANK", "NODE_RANK")),
         MASTER_ADDR="127.0.0.1",
         MASTER_PORT=str(free_ports(1)[0]),
         GLOO_SOCKET_IFNAME="lo",
@@ -161,10 +156,7 @@ def test_predict_fills_batch_indices_like_torch():
 
 @pytest.mark.timeout(3 * _DDP_TIMEOUT_S)
 def test_a_fit_interrupted_mid_epoch_resumes_with_the_exact_remaining_batches(tmp_path):
-    env = dict(
-        os.environ,
-        PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
-    )
+    env = child_env()
     for mode in ("whole", "first", "rest"):  # each in a new process, as after a preemption
         command = [sys.executable, str(HERE / "_lightning_resume.py"), mode, str(tmp_path)]
         done = run_in_own_session(command, env, _DDP_TIMEOUT_S)

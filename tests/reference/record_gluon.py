@@ -34,6 +34,7 @@ import warnings
 import gluonnlp
 import mxnet
 import numpy as np
+from epochs import run_epoch  # this folder is first on sys.path when run as a script
 from gluonnlp.data import batchify as bf
 from mxnet import gluon
 from mxnet.gluon.contrib.data.sampler import IntervalSampler
@@ -72,31 +73,6 @@ INTERVAL = (
 
 
 # -- epoch scripts --------------------------------------------------------------------
-
-
-def run_epoch(batches, step, as_list):
-    """One epoch of ``batches`` (a BatchSampler or DataLoader) as ``step`` says."""
-    len_before, len_after_first = len(batches), None
-    if step == "full":
-        limit = None
-    elif step == "islice-len":
-        limit = len_before
-    elif step.startswith("abandon:"):
-        limit = int(step.split(":")[1])
-    else:
-        raise ValueError(step)
-    taken = []
-    iterator = iter(batches)
-    while limit is None or len(taken) < limit:
-        try:
-            batch = next(iterator)
-        except StopIteration:
-            break
-        taken.append(as_list(batch))
-        if len(taken) == 1:
-            len_after_first = len(batches)
-    del iterator  # an abandoned epoch's generator is closed here
-    return [len_before, len_after_first, taken]
 
 
 def record_batch_sampler():
