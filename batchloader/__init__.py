@@ -1,8 +1,15 @@
-"""batchloader: a drop-in ``torch.utils.data.DataLoader`` with Gluon and Keras extras."""
+"""batchloader: a drop-in ``torch.utils.data.DataLoader`` with Gluon and Keras extras.
+
+Every public name is importable from here, and reports this package as its
+module (``batchloader.ShmFullError`` in a traceback, not the private module
+that defines it). The submodules without an underscore are public too; each
+one's ``__all__`` is a subset of this one.
+"""
 
 from __future__ import annotations
 
 from ._errors import LoaderTimeoutError, WorkerDiedError, WorkerError
+from ._pin_memory import pin_batch, pin_memory_supported
 from ._shm import ShmFullError
 from ._worker import get_worker_info
 from .collate import (
@@ -30,7 +37,6 @@ from .device import DevicePrefetcher, to_device
 from .distributed import ShardedIterableDataset, ShardInfo, shard_info, split_by_rank_and_worker
 from .frameworks import with_batchloader_engine
 from .loader import DataLoader
-from .pin_memory import pin_batch
 from .samplers import (
     BatchSampler,
     DistributedSampler,
@@ -81,9 +87,21 @@ __all__ = [
     "get_worker_info",
     "numpy_collate",
     "pin_batch",
+    "pin_memory_supported",
     "shard_info",
     "split_by_rank_and_worker",
     "threadsafe",
     "to_device",
     "with_batchloader_engine",
 ]
+
+
+def _report_public_module() -> None:
+    """Names users import from here say so in reprs, tracebacks, pickles and docs (as httpx does)."""
+    for name in __all__:
+        obj = globals()[name]
+        if getattr(obj, "__module__", "").startswith(__name__ + "."):
+            obj.__module__ = __name__
+
+
+_report_public_module()

@@ -10,6 +10,8 @@ from typing import Any
 
 import torch
 
+from ._typing import LAST_BATCH_MODES
+
 __all__ = [
     "check_batching",
     "check_callables",
@@ -18,10 +20,7 @@ __all__ = [
     "check_generator",
     "check_snapshot_steps",
     "check_workers",
-    "resolve_last_batch",
 ]
-
-_LAST_BATCH_MODES = ("keep", "discard", "rollover")
 
 
 def _is_int(value: Any) -> bool:
@@ -57,24 +56,6 @@ def check_workers(
         )
     if persistent_workers and num_workers == 0:
         raise ValueError("persistent_workers option needs num_workers > 0, got num_workers=0")
-
-
-def resolve_last_batch(drop_last: Any, last_batch: Any) -> str:
-    """Reconciles torch's ``drop_last`` with Gluon's ``last_batch``."""
-    if not isinstance(drop_last, bool):
-        raise TypeError(f"drop_last should be a bool, got drop_last={drop_last!r}")
-    if last_batch is None:
-        return "discard" if drop_last else "keep"
-    if last_batch not in _LAST_BATCH_MODES:
-        raise ValueError(
-            f"last_batch should be one of 'keep', 'discard', 'rollover', got last_batch={last_batch!r}"
-        )
-    if drop_last and last_batch != "discard":
-        raise ValueError(
-            f"drop_last=True means last_batch='discard', but last_batch={last_batch!r} was given; "
-            "pass only one of them"
-        )
-    return last_batch
 
 
 def check_batching(
@@ -139,7 +120,7 @@ def check_batching(
 def _batch_sampler_mode(batch_sampler: Any) -> str:
     """What a batch sampler does with a short last batch, as a last_batch value."""
     mode = getattr(batch_sampler, "last_batch", None)
-    if mode in _LAST_BATCH_MODES:
+    if mode in LAST_BATCH_MODES:
         return mode
     return "discard" if getattr(batch_sampler, "drop_last", False) is True else "keep"
 

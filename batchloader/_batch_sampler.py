@@ -3,37 +3,37 @@
 from __future__ import annotations
 
 import itertools
+import typing
 from collections.abc import Iterable, Iterator, Mapping, Sized
 from typing import Any
 
 from torch.utils.data import BatchSampler as _TorchBatchSampler
 
 from ._sampler_base import (
-    _LAST_BATCH_MODES,
     Sampler,
     _check_bool,
     _check_int,
     _describe,
 )
-from ._typing import LastBatch
+from ._typing import LAST_BATCH_MODES, LastBatch
 
-__all__ = ["BatchSampler"]
+__all__ = ["BatchSampler", "resolve_last_batch"]
 
 
-def _resolve_last_batch(drop_last: object, last_batch: object) -> LastBatch:
+def resolve_last_batch(drop_last: object, last_batch: object) -> LastBatch:
+    """Reconciles torch's ``drop_last`` with Gluon's ``last_batch``; the loader's rule too."""
     _check_bool("drop_last", drop_last)
     if last_batch is None:
         return "discard" if drop_last else "keep"
-    if not isinstance(last_batch, str) or last_batch not in _LAST_BATCH_MODES:
-        raise ValueError(
-            f"last_batch should be 'keep', 'discard' or 'rollover', got {last_batch!r}"
-        )
+    if last_batch not in LAST_BATCH_MODES:
+        modes = ", ".join(map(repr, LAST_BATCH_MODES))
+        raise ValueError(f"last_batch should be one of {modes}, got last_batch={last_batch!r}")
     if drop_last and last_batch != "discard":
         raise ValueError(
-            f"drop_last=True means last_batch='discard' and contradicts last_batch={last_batch!r}; "
-            "give one of them"
+            f"drop_last=True means last_batch='discard', but last_batch={last_batch!r} was given; "
+            "pass only one of them"
         )
-    return last_batch  # type: ignore[return-value]
+    return typing.cast(LastBatch, last_batch)
 
 
 class BatchSampler(Sampler[list[int]], _TorchBatchSampler):
@@ -87,7 +87,7 @@ class BatchSampler(Sampler[list[int]], _TorchBatchSampler):
             )
         self.sampler = sampler
         self.batch_size = _check_int("batch_size", batch_size, minimum=1)
-        self.last_batch: LastBatch = _resolve_last_batch(drop_last, last_batch)
+        self.last_batch: LastBatch = resolve_last_batch(drop_last, last_batch)
         self.epoch = 0
         self.carried: tuple[int, ...] = ()
         """The rollover remainder that will start the next epoch."""

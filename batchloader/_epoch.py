@@ -179,14 +179,12 @@ class Epoch:
         self.stream_log: collections.deque[tuple[int, Any]] | None = None
         self.worker_states: dict[int, Any] = {}  # per worker: the state after its last batch
         self.last_worker: int | None = None
-        self.count = 0  # batches handed out by this iterator
         self.finished = False
         self._hooks = hooks
         self._sampler = sampler
         self._ended = False
 
     def delivered(self) -> None:
-        self.count += 1
         if self.log is None:
             self.prefix += 1  # a stream: batches are counted, in order
             if self.stream_log:

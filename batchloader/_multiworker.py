@@ -16,7 +16,8 @@ owns its pool (``persistent_workers=False``), shuts the pool down.
 Seeding (map-style): batch ``b`` of an epoch is made after the worker reseeds
 ``random``, torch and NumPy from ``(epoch seed, b)`` (below 2**63), so random
 augmentations do not depend on which worker, or how many workers, made the
-batch. A generator that ``worker_init_fn`` seeded is left to the user.
+batch. A generator that ``worker_init_fn`` seeded is left to the user. Every seeding
+rule is in :mod:`batchloader._seeding`.
 
 Bounded buffer (map-style): batches in flight plus batches waiting in the
 reorder buffer never exceed ``prefetch_factor * num_workers``, and every batch
@@ -38,7 +39,8 @@ from . import _shm
 from ._config import LoaderConfig
 from ._errors import LoaderTimeoutError, _RemoteError
 from ._pool import WorkerPool
-from ._worker import Result, Status, Task, batch_seed, number_batches
+from ._seeding import batch_seed
+from ._worker import Result, Status, Task, number_batches
 
 __all__ = ["MultiWorkerIter", "StreamingIter"]
 

@@ -1,7 +1,8 @@
 """Walking nested batches: tuples, lists, namedtuples, mappings and custom containers.
 
 One walker for every stage that rebuilds a batch leaf by leaf (shared-memory
-packing, pinning, moving to a device), so they agree on what a batch may hold.
+packing, pinning, moving to a device), and the container rebuilders that
+collation shares with it, so they agree on what a batch may hold.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from collections.abc import Callable, Mapping, MutableMapping, MutableSequence
 from collections.abc import Sequence as SequenceABC
 from typing import Any
 
-__all__ = ["has_method", "map_batch"]
+__all__ = ["has_method", "map_batch", "rebuild_mapping", "rebuild_sequence"]
 
 
 def map_batch(data: Any, leaf: Callable[[Any], Any], is_leaf: Callable[[Any], bool]) -> Any:
@@ -32,36 +33,44 @@ def map_batch(data: Any, leaf: Callable[[Any], Any], is_leaf: Callable[[Any], bo
     if isinstance(data, (str, bytes, bytearray)):
         return data
     if isinstance(data, Mapping):
-        return _rebuild_mapping(data, {key: walk(value) for key, value in data.items()})
+        return rebuild_mapping(data, {key: walk(value) for key, value in data.items()})
     if isinstance(data, tuple):
         values = [walk(item) for item in data]
         if hasattr(data, "_fields"):  # a namedtuple takes its fields positionally
             return type(data)(*values)
-        return _rebuild(data, values, tuple)
+        return rebuild_sequence(data, values, tuple)
     if isinstance(data, SequenceABC):
-        return _rebuild(data, [walk(item) for item in data], list)
+        return rebuild_sequence(data, [walk(item) for item in data])
     return data
 
 
-def _rebuild_mapping(data: Mapping, items: dict) -> Any:
+def rebuild_mapping(like: Mapping[Any, Any], values: dict[Any, Any]) -> Mapping[Any, Any]:
+    """``values`` in the mapping type of ``like`` where it can be built, else a dict.
+
+    A mutable mapping is shallow-copied and updated, keeping extra state such
+    as a ``defaultdict``'s factory; other types are called with ``values``.
+    """
     try:
-        if isinstance(data, MutableMapping):
-            clone = copy.copy(data)
-            clone.update(items)
+        if isinstance(like, MutableMapping):
+            clone = copy.copy(like)
+            clone.update(values)
             return clone
-        return type(data)(items)
+        return type(like)(values)
     except TypeError:
-        return items
+        return values
 
 
-def _rebuild(data: Any, values: list, fallback: type) -> Any:
+def rebuild_sequence(
+    like: SequenceABC[Any], values: list[Any], fallback: Callable[[list[Any]], Any] = list
+) -> Any:
+    """``values`` in the sequence type of ``like`` where it can be built, else ``fallback(values)``."""
     try:
-        if isinstance(data, MutableSequence):
-            clone = copy.copy(data)
+        if isinstance(like, MutableSequence):
+            clone = copy.copy(like)
             for i, value in enumerate(values):  # item by item: a deque takes no slice
                 clone[i] = value
             return clone
-        return type(data)(values)
+        return type(like)(values)  # type: ignore[call-arg]
     except TypeError:  # e.g. range, or a subclass whose __init__ takes other arguments
         return fallback(values)
 

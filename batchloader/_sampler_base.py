@@ -18,7 +18,6 @@ from torch.utils.data import Sampler as _TorchSampler
 from ._typing import T_co
 
 __all__ = [
-    "_LAST_BATCH_MODES",
     "Sampler",
     "_EpochState",
     "_check_bool",
@@ -29,8 +28,6 @@ __all__ = [
     "_describe",
     "_draw_permutations",
     "_draw_with_replacement",
-    "_epoch_seed",
-    "_generator_from_global_rng",
     "_length",
 ]
 
@@ -38,13 +35,8 @@ _RANDINT_CHUNK = 32
 """torch's RandomSampler draws with-replacement indices 32 at a time; drawing
 the same chunks keeps a shared generator's stream identical to torch's."""
 
-_LAST_BATCH_MODES = ("keep", "discard", "rollover")
 _REPR_ITEMS = 6  # a longer sequence shows only its head in a repr
 _INT_KINDS = {None: "an integer", 0: "a non-negative integer", 1: "a positive integer"}
-
-_MASK_64 = (1 << 64) - 1
-_GOLDEN_GAMMA = 0x9E3779B97F4A7C15
-"""splitmix64's increment: consecutive inputs land far apart."""
 
 
 # --- validation ---------------------------------------------------------------
@@ -109,25 +101,6 @@ def _length(data_source: int | Sized) -> int:
 
 
 # --- seeding and drawing --------------------------------------------------------
-
-
-def _splitmix64(x: int) -> int:
-    x = (x + _GOLDEN_GAMMA) & _MASK_64
-    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK_64
-    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK_64
-    return x ^ (x >> 31)
-
-
-def _epoch_seed(seed: int, epoch: int) -> int:
-    """A 64-bit torch seed for (seed, epoch), hashed so that (1, 0) and (0, 1) are unrelated."""
-    return _splitmix64((_splitmix64(seed & _MASK_64) + epoch) & _MASK_64)
-
-
-def _generator_from_global_rng() -> torch.Generator:
-    # torch's RandomSampler takes one int64 from the global RNG when iteration
-    # starts; taking it the same way keeps both streams equal.
-    seed = int(torch.empty((), dtype=torch.int64).random_().item())
-    return torch.Generator().manual_seed(seed)
 
 
 def _draw_with_replacement(n: int, count: int, generator: torch.Generator) -> Iterator[int]:

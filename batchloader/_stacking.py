@@ -5,16 +5,16 @@ Private to :mod:`batchloader.collate` and its batchify functions.
 
 from __future__ import annotations
 
-import copy
 import functools
 import types
-from collections.abc import Callable, Mapping, MutableMapping, MutableSequence, Sequence, Sized
+from collections.abc import Callable, Mapping, Sequence, Sized
 from typing import Any, Literal
 
 import numpy as np
 import torch
 
 from batchloader import _shm
+from batchloader._nested import rebuild_mapping, rebuild_sequence
 
 __all__ = [
     "_NUMPY_LEAVES",
@@ -28,7 +28,6 @@ __all__ = [
     "_fn_name",
     "_from_numpy",
     "_is_namedtuple",
-    "_rebuild_mapping",
     "_rebuild_sequence",
     "_stack_arrays",
     "_stack_failure",
@@ -221,31 +220,9 @@ _NUMPY_LEAVES: _Leaves = (
 )
 
 
-def _rebuild_mapping(like: Mapping[Any, Any], values: dict[Any, Any]) -> Mapping[Any, Any]:
-    """``values`` in the mapping type of ``like`` where it can be built, else a dict."""
-    try:
-        if isinstance(like, MutableMapping):
-            clone = copy.copy(like)  # keeps extra state, e.g. a defaultdict's factory
-            clone.update(values)
-            return clone
-        return type(like)(values)
-    except TypeError:
-        return values
-
-
-def _rebuild_sequence(like: Sequence[Any], values: list[Any]) -> Sequence[Any]:
+def _rebuild_sequence(like: Sequence[Any], values: list[Any]) -> Any:
     """``values`` in the sequence type of ``like``; a plain tuple becomes a list, as in torch."""
-    if isinstance(like, tuple):
-        return values
-    try:
-        if isinstance(like, MutableSequence):
-            clone = copy.copy(like)
-            for i, value in enumerate(values):
-                clone[i] = value
-            return clone
-        return type(like)(values)
-    except TypeError:
-        return values
+    return values if isinstance(like, tuple) else rebuild_sequence(like, values)
 
 
 def _is_namedtuple(value: Any) -> bool:
@@ -269,7 +246,7 @@ def _collate(batch: Sequence[Any], leaves: _Leaves, name: str) -> Any:
             return leaf(batch)
     if isinstance(elem, Mapping):
         values = {key: _collate([d[key] for d in batch], leaves, name) for key in elem}
-        return _rebuild_mapping(elem, values)
+        return rebuild_mapping(elem, values)
     if _is_namedtuple(elem):
         return type(elem)(*(_collate(f, leaves, name) for f in zip(*batch, strict=False)))
     if isinstance(elem, Sequence):

@@ -1,29 +1,23 @@
-"""Protocols and aliases for what the loader accepts."""
+"""Type variables and aliases shared by the modules: what the loader accepts."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+import typing
+from collections.abc import Callable
 from typing import Any, Literal, Protocol, TypeVar, runtime_checkable
 
-__all__ = [
-    "CollateFn",
-    "LastBatch",
-    "SamplerLike",
-    "SizedDataset",
-    "T_co",
-    "WorkerInitFn",
-]
+__all__ = ["LAST_BATCH_MODES", "CollateFn", "LastBatch", "SizedDataset", "T_co"]
 
 T_co = TypeVar("T_co", covariant=True)
 
 LastBatch = Literal["keep", "discard", "rollover"]
 """What a batch sampler does with the incomplete batch at the end of an epoch."""
 
+LAST_BATCH_MODES: tuple[LastBatch, ...] = typing.get_args(LastBatch)
+"""The values of :data:`LastBatch`, for checks and messages."""
+
 CollateFn = Callable[[list[Any]], Any]
 """Turns a list of samples into one batch."""
-
-WorkerInitFn = Callable[[int], None]
-"""Called once in each worker with the worker's id."""
 
 
 @runtime_checkable
@@ -33,13 +27,3 @@ class SizedDataset(Protocol[T_co]):
     def __getitem__(self, index: int, /) -> T_co: ...
 
     def __len__(self) -> int: ...
-
-
-@runtime_checkable
-class SamplerLike(Protocol):
-    """Anything that yields indices (or, for a batch sampler, index lists)."""
-
-    def __iter__(self) -> Iterator[Any]: ...
-
-
-IndexList = Sequence[int]

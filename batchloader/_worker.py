@@ -23,35 +23,32 @@ import itertools
 import multiprocessing.util
 import os
 import queue
-import random
 import signal
 import sys
 import threading
 import time
 import weakref
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
-from . import _datapipes, _shm
+from . import _datapipes, _seeding, _shm
+from ._batch_dataset import check_batch
 from ._config import FetchMode, FetchSpec
 from ._errors import _RemoteError
-from .datasets import check_batch
 
 __all__ = [
     "Result",
     "Status",
     "Task",
     "WorkerSetup",
-    "batch_seed",
     "fetch_batch",
     "get_worker_info",
     "init_process_worker",
     "init_thread_worker",
-    "mix_seed",
     "next_iterable_batch",
     "number_batches",
     "run_task",
@@ -124,19 +121,6 @@ class WorkerSetup:
     stop: Any = None  # an Event: stop streaming (early end of an epoch)
 
 
-@dataclass(frozen=True, slots=True)
-class _Reseeding:
-    """Which global generators a process worker reseeds before each batch.
-
-    A generator that ``worker_init_fn`` seeded (or otherwise changed) is the
-    user's, as in torch: batchloader leaves it alone from then on.
-    """
-
-    python: bool = True
-    torch: bool = True
-    numpy: bool = True
-
-
 @dataclass(slots=True)
 class _WorkerState:
     setup: WorkerSetup
@@ -144,8 +128,7 @@ class _WorkerState:
     is_process: bool
     info: Any
     init_error: _RemoteError | None = None
-    reseeding: _Reseeding = _Reseeding()
-    stream_count: itertools.count = field(default_factory=itertools.count)
+    reseeding: _seeding.Reseeding = _seeding.RESEED_ALL
 
 
 _local = threading.local()
@@ -172,60 +155,6 @@ def _make_info(worker_id: int, num_workers: int, seed: int, dataset: Any) -> Any
     from torch.utils.data._utils.worker import WorkerInfo
 
     return WorkerInfo(id=worker_id, num_workers=num_workers, seed=seed, dataset=dataset)
-
-
-_MASK_64 = (1 << 64) - 1
-
-
-def mix_seed(*values: int) -> int:
-    """A 64-bit seed that depends on every value (splitmix64 steps); cheap and portable."""
-    h = 0x243F6A8885A308D3
-    for value in values:
-        h = (h ^ (value & _MASK_64)) + 0x9E3779B97F4A7C15 & _MASK_64
-        h = (h ^ (h >> 30)) * 0xBF58476D1CE4E5B9 & _MASK_64
-        h = (h ^ (h >> 27)) * 0x94D049BB133111EB & _MASK_64
-        h ^= h >> 31
-    return h
-
-
-_MASK_63 = (1 << 63) - 1
-
-
-def batch_seed(epoch_seed: int, batch_id: int) -> int:
-    """The seed of one batch: below 2**63, so ``torch.initial_seed()`` fits in int64."""
-    return mix_seed(epoch_seed, batch_id) & _MASK_63
-
-
-def _generator_states() -> tuple[Any, ...]:
-    np_state = np.random.get_state()
-    return (
-        random.getstate(),
-        (torch.initial_seed(), bytes(torch.get_rng_state().numpy())),
-        (np_state[1].tobytes(), *np_state[2:]),
-    )
-
-
-def _untouched(before: tuple[Any, ...], after: tuple[Any, ...]) -> _Reseeding:
-    return _Reseeding(*(b == a for b, a in zip(before, after, strict=True)))
-
-
-def _reseed_for_batch(seed: int, which: _Reseeding) -> None:
-    """Seeds random, torch and NumPy for one batch, whichever worker runs it."""
-    if which.python:
-        random.seed(seed)
-    if which.torch:
-        # The CPU generator only: torch.manual_seed also queues a lazy CUDA seeding,
-        # recording a stack trace each time (about 0.25 ms); workers do not use CUDA.
-        torch.default_generator.manual_seed(seed)
-    if which.numpy:
-        np.random.seed([seed & 0xFFFFFFFF, seed >> 32])
-
-
-def _seed_globals(seed: int, worker_id: int, base_seed: int) -> None:
-    random.seed(seed)
-    torch.manual_seed(seed)
-    np_seed = np.random.SeedSequence([worker_id, base_seed % 2**63]).generate_state(4)
-    np.random.seed(np_seed)
 
 
 # glibc mallopt parameters, and the sizes a worker keeps for reuse.
@@ -284,7 +213,7 @@ def _die_with_parent(names: Any) -> None:
 
 
 def _start(setup: WorkerSetup, worker_id: int, *, is_process: bool) -> None:
-    seed = (setup.base_seed + worker_id) % 2**64
+    seed = _seeding.worker_seed(setup.base_seed, worker_id)
     info = _make_info(worker_id, setup.num_workers, seed, setup.spec.dataset)
     state = _WorkerState(setup, worker_id, is_process, info)
     _local.state = state
@@ -293,14 +222,14 @@ def _start(setup: WorkerSetup, worker_id: int, *, is_process: bool) -> None:
             import torch.utils.data._utils.worker as torch_worker
 
             torch_worker._worker_info = info  # torch.utils.data.get_worker_info() sees it
-            _seed_globals(seed, worker_id, setup.base_seed)
+            _seeding.seed_process_worker(seed, worker_id, setup.base_seed)
             if _datapipes.is_datapipe(setup.spec.dataset):
                 _datapipes.shard(setup.spec.dataset, setup.num_workers, worker_id)
         if setup.spec.worker_init_fn is not None:
-            before = _generator_states() if is_process else None
+            before = _seeding.generator_states() if is_process else None
             setup.spec.worker_init_fn(worker_id)
             if before is not None:
-                state.reseeding = _untouched(before, _generator_states())
+                state.reseeding = _seeding.untouched(before, _seeding.generator_states())
     except Exception as e:
         # Raising here would make Pool respawn this worker forever; every task reports it instead.
         state.init_error = _RemoteError.capture(e)
@@ -448,7 +377,7 @@ def run_task(task: Task) -> Result:
         return Result(task.batch_id, state.worker_id, Status.FATAL, state.init_error)
     try:
         if state.is_process and task.seed is not None:
-            _reseed_for_batch(task.seed, state.reseeding)
+            _seeding.reseed_for_batch(task.seed, state.reseeding)
         batch = fetch_batch(state.setup.spec, task.indices)
         return Result(task.batch_id, state.worker_id, Status.OK, _outgoing(state, batch))
     except Exception as e:

@@ -16,13 +16,13 @@ import numpy as np
 import torch
 
 from ._batchify import Dict, List, Pad, Stack, Tuple
+from ._nested import rebuild_mapping
 from ._stacking import (
     _NUMPY_LEAVES,
     _STR_OBJ_KINDS,
     _TORCH_LEAVES,
     _collate,
     _is_namedtuple,
-    _rebuild_mapping,
     _rebuild_sequence,
 )
 
@@ -84,7 +84,7 @@ def default_convert(data: Any) -> Any:
     if isinstance(data, np.ndarray | np.generic):
         return data if data.dtype.kind in _STR_OBJ_KINDS else torch.as_tensor(data)
     if isinstance(data, Mapping):
-        return _rebuild_mapping(data, {key: default_convert(data[key]) for key in data})
+        return rebuild_mapping(data, {key: default_convert(data[key]) for key in data})
     if _is_namedtuple(data):
         return type(data)(*(default_convert(d) for d in data))
     if isinstance(data, Sequence) and not isinstance(data, str | bytes):

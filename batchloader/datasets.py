@@ -6,7 +6,7 @@ Four kinds of data source, and what the loader does with each:
   :meth:`ArrayDataset.get_batch` gathers a whole batch in one call per array;
 * iterable (:class:`IterableDataset`, :class:`GeneratorDataset`): each worker
   iterates its own copy and must shard, or every sample repeats per worker;
-* a plain generator or iterator (:func:`is_generator_like`): single-use, so
+* a plain generator or iterator: single-use, so
   only the main process or threads sharing it (:func:`threadsafe`) may read it;
 * batch-level (:class:`BatchDataset`, Keras ``PyDataset``): ``ds[i]`` is batch ``i``.
 """
@@ -22,41 +22,25 @@ import numpy as np
 import torch
 import torch.utils.data
 
-from batchloader._batch_dataset import (
+from ._batch_dataset import (
     DEFAULT_MAX_QUEUE_SIZE,
     DEFAULT_USE_MULTIPROCESSING,
     DEFAULT_WORKERS,
-    BatchDatasetOptions,
-    batch_dataset_options,
-    check_batch,
     fill_missing_options,
-    is_batch_dataset,
     validate_option,
 )
-from batchloader._generators import (
-    ThreadSafeIterator,
-    generator_with_processes_error,
-    is_generator_like,
-    threadsafe,
-)
-from batchloader._typing import T_co
+from ._generators import threadsafe
+from ._typing import T_co
 
 __all__ = [
     "ArrayDataset",
     "BatchDataset",
-    "BatchDatasetOptions",
     "Dataset",
     "GeneratorDataset",
     "IterableDataset",
     "PyDataset",
     "Sequence",
     "TensorDataset",
-    "ThreadSafeIterator",
-    "batch_dataset_options",
-    "check_batch",
-    "generator_with_processes_error",
-    "is_batch_dataset",
-    "is_generator_like",
     "threadsafe",
 ]
 

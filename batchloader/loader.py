@@ -24,7 +24,9 @@ from torch.utils.data import IterableDataset as _TorchIterableDataset
 from torch.utils.data.dataloader import _DatasetKind, _InfiniteConstantSampler
 
 from . import _arguments as args
-from . import _datapipes, _resume
+from . import _datapipes, _resume, _seeding
+from ._batch_dataset import batch_dataset_options, is_batch_dataset
+from ._batch_sampler import resolve_last_batch
 from ._config import FetchMode, FetchSpec, LoaderConfig, WorkerKind
 from ._epoch import (
     EndlessSampler,
@@ -33,21 +35,17 @@ from ._epoch import (
     SingleProcessIter,
     call_hook,
 )
-from ._multiworker import MultiWorkerIter, StreamingIter
-from ._pool import WorkerPool
-from ._typing import T_co
-from ._worker import mix_seed
-from .collate import default_collate, default_convert
-from .datasets import (
+from ._generators import (
     ThreadSafeIterator,
-    batch_dataset_options,
     generator_with_processes_error,
-    is_batch_dataset,
     is_generator_like,
     threadsafe,
 )
-from .pin_memory import _PinMemoryIter as PinMemoryIter
-from .pin_memory import make_pin_fn
+from ._multiworker import MultiWorkerIter, StreamingIter
+from ._pin_memory import PinMemoryIter, make_pin_fn
+from ._pool import WorkerPool
+from ._typing import T_co
+from .collate import default_collate, default_convert
 from .samplers import BatchSampler, DistributedSampler, RandomSampler, SequentialSampler
 
 __all__ = ["DataLoader"]
@@ -174,7 +172,7 @@ class DataLoader(_resume.Resumable, _TorchDataLoader[T_co]):
             drop_last=drop_last,
             last_batch=last_batch,
         )
-        mode = args.resolve_last_batch(drop_last, last_batch)
+        mode = resolve_last_batch(drop_last, last_batch)
         args.check_callables(collate_fn=collate_fn, worker_init_fn=worker_init_fn)
         args.check_generator(generator)
         args.check_snapshot_steps(snapshot_every_n_steps)
@@ -433,14 +431,10 @@ class DataLoader(_resume.Resumable, _TorchDataLoader[T_co]):
         shared_seed = None
         if _datapipes.is_iter_datapipe(spec.dataset):
             # torch's one seed per epoch for a datapipe's shufflers, the same in every worker.
-            shared_seed = int(
-                torch.empty((), dtype=torch.int64).random_(generator=self.generator).item()
-            )
+            shared_seed = _seeding.draw_seed(self.generator)
         if pool is None:
             # torch draws the workers' base seed here, for every iterator.
-            base_seed = int(
-                torch.empty((), dtype=torch.int64).random_(generator=self.generator).item()
-            )
+            base_seed = _seeding.draw_seed(self.generator)
         if config.num_workers == 0:
             return SingleProcessIter(spec, self._index_sampler, shared_seed, epoch=epoch)
         if config.persistent_workers:
@@ -448,11 +442,11 @@ class DataLoader(_resume.Resumable, _TorchDataLoader[T_co]):
                 pool = self._pool = WorkerPool(config, spec, base_seed)
                 self._pool_epochs = 0
             owns = False
-            epoch_seed = mix_seed(pool.base_seed, self._pool_epochs)
+            epoch_seed = _seeding.epoch_seed(pool.base_seed, self._pool_epochs)
             self._pool_epochs += 1
         else:
             pool, owns = WorkerPool(config, spec, base_seed), True
-            epoch_seed = mix_seed(base_seed, 0)
+            epoch_seed = _seeding.epoch_seed(base_seed, 0)
         if self._iterable:
             iterator = StreamingIter(
                 config,

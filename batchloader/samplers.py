@@ -20,6 +20,7 @@ from torch.utils.data import SequentialSampler as _TorchSequentialSampler
 from torch.utils.data import SubsetRandomSampler as _TorchSubsetRandomSampler
 from torch.utils.data import WeightedRandomSampler as _TorchWeightedRandomSampler
 
+from . import _seeding
 from ._batch_sampler import BatchSampler
 from ._distributed_sampler import DistributedSampler
 from ._sampler_base import (
@@ -32,9 +33,7 @@ from ._sampler_base import (
     _describe,
     _draw_permutations,
     _draw_with_replacement,
-    _epoch_seed,
     _EpochState,
-    _generator_from_global_rng,
     _length,
 )
 from ._typing import SizedDataset
@@ -141,8 +140,10 @@ class RandomSampler(_EpochState, Sampler[int], _TorchRandomSampler):
 
     def _generator_for(self, epoch: int) -> torch.Generator:
         if self.seed is not None:
-            return torch.Generator().manual_seed(_epoch_seed(self.seed, epoch))
-        return self.generator if self.generator is not None else _generator_from_global_rng()
+            return torch.Generator().manual_seed(_seeding.sampler_epoch_seed(self.seed, epoch))
+        return (
+            self.generator if self.generator is not None else _seeding.generator_from_global_rng()
+        )
 
     def __len__(self) -> int:
         return self.num_samples

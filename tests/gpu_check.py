@@ -45,12 +45,12 @@ def say(line: str = "") -> None:
 
 
 def import_pin_memory() -> ModuleType:
-    """Import batchloader.pin_memory from the checkout when it is not installed."""
+    """Import batchloader._pin_memory from the checkout when it is not installed."""
     try:
-        return importlib.import_module("batchloader.pin_memory")
+        return importlib.import_module("batchloader._pin_memory")
     except ModuleNotFoundError:
         sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-        return importlib.import_module("batchloader.pin_memory")
+        return importlib.import_module("batchloader._pin_memory")
 
 
 def timed_copy_s(host: torch.Tensor, *, non_blocking: bool, repeats: int) -> float:
@@ -96,7 +96,7 @@ def check_pin_stage(pm: ModuleType, mb: int) -> list[str]:
     if pin_fn is None:
         return ["make_pin_fn returned None although CUDA is available"]
     start = time.perf_counter()
-    stage = pm._PinMemoryIter(iter(make_batches(mb)), pin_fn, queue_depth=2)
+    stage = pm.PinMemoryIter(iter(make_batches(mb)), pin_fn, queue_depth=2)
     out = list(stage)
     seconds = time.perf_counter() - start
     if [int(batch["y"]) for batch in out] != list(range(STAGE_BATCHES)):

@@ -20,7 +20,7 @@ import torch
 from batchloader import DataLoader
 from batchloader.__main__ import main
 from batchloader._bench import checks, measure, report, runner, workloads
-from batchloader._bench.checks import Checksum, label_hash
+from batchloader._bench.checks import Checksum
 from batchloader._bench.measure import Spec
 from batchloader._bench.runner import BenchOptions, BenchResult, Cell, CellResult
 
@@ -86,6 +86,14 @@ def test_batched_tiny_dataset_holds_the_same_samples(cache_dir):
     x, y = batched.get_batch([4, 9])
     assert np.array_equal(x.numpy(), np.stack([plain[4][0], plain[9][0]]))
     assert y.tolist() == [4, 9]
+
+
+def label_hash(labels, start=0):
+    """The order-sensitive label hash, written out: sum of (position + 1) * label."""
+    total = 0
+    for position, label in enumerate(labels, start):
+        total = (total + (position + 1) * int(label)) % ((1 << 61) - 1)
+    return total
 
 
 def test_label_hash_formula_matches_the_running_hash():

@@ -17,22 +17,26 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from batchloader import DataLoader, datasets
+from batchloader._batch_dataset import (
+    BatchDatasetOptions,
+    batch_dataset_options,
+    check_batch,
+    is_batch_dataset,
+)
+from batchloader._generators import (
+    ThreadSafeIterator,
+    generator_with_processes_error,
+    is_generator_like,
+)
 from batchloader.datasets import (
     ArrayDataset,
     BatchDataset,
-    BatchDatasetOptions,
     Dataset,
     GeneratorDataset,
     IterableDataset,
     PyDataset,
     Sequence,
     TensorDataset,
-    ThreadSafeIterator,
-    batch_dataset_options,
-    check_batch,
-    generator_with_processes_error,
-    is_batch_dataset,
-    is_generator_like,
     threadsafe,
 )
 

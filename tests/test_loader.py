@@ -241,7 +241,7 @@ def test_batch_dataset_rejects_a_batch_size():
 
 def test_pin_memory_without_an_accelerator_warns_and_passes_batches_through():
     """pin_memory=True on a CPU-only machine warns once and yields the same batches."""
-    from batchloader import pin_memory as pm
+    from batchloader import _pin_memory as pm
 
     pm._warned.clear()
     with pytest.warns(UserWarning, match="no accelerator"):

@@ -14,16 +14,15 @@ from typing import Any, NamedTuple
 import pytest
 import torch
 
+from batchloader import _pin_memory as pm
 from batchloader import device as device_module
-from batchloader import pin_memory as pm
-from batchloader.device import DevicePrefetcher, to_device
-from batchloader.pin_memory import (
-    _pin_memory_stage,
-    _PinMemoryIter,
+from batchloader._pin_memory import (
+    PinMemoryIter,
     make_pin_fn,
     pin_batch,
     pin_memory_supported,
 )
+from batchloader.device import DevicePrefetcher, to_device
 
 CLOSE_DEADLINE_S = 1.0
 """close() must return within this even when the source blocks forever."""
@@ -169,7 +168,7 @@ def is_fake_pinned(t: torch.Tensor) -> bool:
 
 def test_order_is_preserved_across_200_batches() -> None:
     """Batches come out in the source's order, each passed through pin_fn."""
-    it = _PinMemoryIter(iter(range(200)), tag, queue_depth=3)
+    it = PinMemoryIter(iter(range(200)), tag, queue_depth=3)
     assert list(it) == [("pinned", i) for i in range(200)]
 
 
@@ -181,7 +180,7 @@ def test_pin_fn_runs_on_a_daemon_pin_thread() -> None:
         seen.append(threading.current_thread())
         return batch
 
-    assert list(_PinMemoryIter(range(5), record, queue_depth=1)) == list(range(5))
+    assert list(PinMemoryIter(range(5), record, queue_depth=1)) == list(range(5))
     assert len(set(seen)) == 1
     assert seen[0] is not threading.current_thread()
     assert seen[0].daemon
@@ -192,7 +191,7 @@ def test_pin_fn_runs_on_a_daemon_pin_thread() -> None:
 def test_source_is_never_more_than_queue_depth_plus_one_ahead(queue_depth: int) -> None:
     """With a slow consumer the source runs ahead by at most queue_depth + 1 and reaches it."""
     source = CountingSource(20)
-    it = _PinMemoryIter(source, tag, queue_depth=queue_depth)
+    it = PinMemoryIter(source, tag, queue_depth=queue_depth)
     for consumed in range(1, 21):
         next(it)
         bound = min(consumed + queue_depth + 1, source.n)
@@ -206,7 +205,7 @@ def test_source_is_never_more_than_queue_depth_plus_one_ahead(queue_depth: int) 
 
 def test_source_error_reaches_consumer_with_type_message_and_traceback() -> None:
     """An exception from the source is raised to the consumer as itself, after earlier batches."""
-    it = _PinMemoryIter(FailingSource(3, KeyError("bad index 7")), tag, queue_depth=2)
+    it = PinMemoryIter(FailingSource(3, KeyError("bad index 7")), tag, queue_depth=2)
     assert [next(it) for _ in range(3)] == [("pinned", 0), ("pinned", 1), ("pinned", 2)]
     with pytest.raises(KeyError, match="bad index 7") as info:
         next(it)
@@ -222,7 +221,7 @@ def test_pin_fn_error_reaches_consumer_with_type_message_and_note() -> None:
             raise ValueError("cannot pin a ragged tensor")
         return batch
 
-    it = _PinMemoryIter(range(5), pin_fails_on_two, queue_depth=2)
+    it = PinMemoryIter(range(5), pin_fails_on_two, queue_depth=2)
     assert [next(it), next(it)] == [0, 1]
     with pytest.raises(ValueError, match="cannot pin a ragged tensor") as info:
         next(it)
@@ -235,14 +234,14 @@ def test_stop_iteration_from_pin_fn_is_an_error_not_the_end() -> None:
     def pin_stops(batch: int) -> int:
         raise StopIteration
 
-    it = _PinMemoryIter(range(3), pin_stops, queue_depth=1)
+    it = PinMemoryIter(range(3), pin_stops, queue_depth=1)
     with pytest.raises(RuntimeError, match="pin function raised StopIteration on batch 0"):
         next(it)
 
 
 def test_stop_iteration_after_last_batch_and_again_after() -> None:
     """After the last batch next() raises StopIteration, every time, without blocking."""
-    it = _PinMemoryIter(range(2), tag, queue_depth=1)
+    it = PinMemoryIter(range(2), tag, queue_depth=1)
     assert [next(it), next(it)] == [("pinned", 0), ("pinned", 1)]
     for _ in range(3):
         with pytest.raises(StopIteration):
@@ -252,7 +251,7 @@ def test_stop_iteration_after_last_batch_and_again_after() -> None:
 
 def test_next_after_an_error_goes_on_with_the_source() -> None:
     """As in torch, an error is one batch's: the next call returns the batch after it."""
-    it = _PinMemoryIter(FailingSource(1, OSError("disk gone"), after=2), tag, queue_depth=1)
+    it = PinMemoryIter(FailingSource(1, OSError("disk gone"), after=2), tag, queue_depth=1)
     assert next(it) == ("pinned", 0)
     with pytest.raises(OSError, match="disk gone"):
         next(it)
@@ -262,7 +261,7 @@ def test_next_after_an_error_goes_on_with_the_source() -> None:
 
 def test_next_after_close_raises_stop_iteration() -> None:
     """A closed iterator raises StopIteration at once."""
-    it = _PinMemoryIter(InfiniteSource(), tag, queue_depth=1)
+    it = PinMemoryIter(InfiniteSource(), tag, queue_depth=1)
     next(it)
     it.close()
     with pytest.raises(StopIteration):
@@ -272,7 +271,7 @@ def test_next_after_close_raises_stop_iteration() -> None:
 def test_close_returns_promptly_when_source_blocks_forever() -> None:
     """close() returns within a second while the thread is stuck in next(source), and closes it."""
     source = BlockingSource()
-    it = _PinMemoryIter(source, tag, queue_depth=2)
+    it = PinMemoryIter(source, tag, queue_depth=2)
     assert next(it) == ("pinned", 0)
     assert source.blocked.wait(timeout=2)
     start = time.monotonic()
@@ -284,7 +283,7 @@ def test_close_returns_promptly_when_source_blocks_forever() -> None:
 def test_close_returns_promptly_when_consumer_stopped_reading() -> None:
     """close() returns within a second while the thread waits on a full queue."""
     source = InfiniteSource()
-    it = _PinMemoryIter(source, tag, queue_depth=2)
+    it = PinMemoryIter(source, tag, queue_depth=2)
     next(it)
     assert wait_until(lambda: it._queue.full())
     start = time.monotonic()
@@ -296,7 +295,7 @@ def test_close_returns_promptly_when_consumer_stopped_reading() -> None:
 def test_close_is_idempotent() -> None:
     """A second close() does nothing: the source is closed once."""
     source = InfiniteSource()
-    it = _PinMemoryIter(source, tag, queue_depth=1)
+    it = PinMemoryIter(source, tag, queue_depth=1)
     it.close()
     it.close()
     assert source.closed == 1
@@ -307,7 +306,7 @@ def test_exhaustion_leaves_the_source_open() -> None:
     """End of epoch joins the thread but leaves closing the source to close()."""
     source = CountingSource(3)
     source.close = lambda: setattr(source, "closed", True)  # type: ignore[method-assign]
-    it = _PinMemoryIter(source, tag, queue_depth=1)
+    it = PinMemoryIter(source, tag, queue_depth=1)
     assert len(list(it)) == 3
     assert_no_pin_thread()
     assert not hasattr(source, "closed")
@@ -317,14 +316,14 @@ def test_exhaustion_leaves_the_source_open() -> None:
 
 def test_no_thread_left_after_exhaustion() -> None:
     """Once StopIteration is raised the thread is already joined."""
-    it = _PinMemoryIter(range(10), tag, queue_depth=2)
+    it = PinMemoryIter(range(10), tag, queue_depth=2)
     list(it)
     assert_no_pin_thread()
 
 
 def test_no_thread_left_after_break_and_close() -> None:
     """Breaking out of the loop and closing stops the thread."""
-    it = _PinMemoryIter(InfiniteSource(), tag, queue_depth=2)
+    it = PinMemoryIter(InfiniteSource(), tag, queue_depth=2)
     for batch in it:
         if batch[1] == 5:
             break
@@ -334,7 +333,7 @@ def test_no_thread_left_after_break_and_close() -> None:
 
 def test_no_thread_left_after_an_error() -> None:
     """An error raised to the consumer leaves no thread behind."""
-    it = _PinMemoryIter(FailingSource(2, RuntimeError("worker 1 died")), tag, queue_depth=2)
+    it = PinMemoryIter(FailingSource(2, RuntimeError("worker 1 died")), tag, queue_depth=2)
     with pytest.raises(RuntimeError, match="worker 1 died"):
         list(it)
     assert_no_pin_thread()
@@ -343,7 +342,7 @@ def test_no_thread_left_after_an_error() -> None:
 def test_no_thread_left_after_del_and_gc() -> None:
     """Dropping an unfinished iterator stops its thread and closes its source."""
     source = InfiniteSource()
-    it = _PinMemoryIter(source, tag, queue_depth=2)
+    it = PinMemoryIter(source, tag, queue_depth=2)
     next(it)
     del it
     gc.collect()
@@ -356,7 +355,7 @@ def test_finalizer_on_the_pin_thread_closes_the_source_from_another_thread() -> 
     closed_on: list[threading.Thread] = []
     source = InfiniteSource()
     source.close = lambda: closed_on.append(threading.current_thread())  # type: ignore[method-assign]
-    holder: list[_PinMemoryIter] = []
+    holder: list[PinMemoryIter] = []
     constructed = threading.Event()
 
     def pin_and_finalize(batch: int) -> int:
@@ -364,7 +363,7 @@ def test_finalizer_on_the_pin_thread_closes_the_source_from_another_thread() -> 
         holder[0]._finalizer()  # what a GC pass on this thread would run
         return batch
 
-    holder.append(_PinMemoryIter(source, pin_and_finalize, queue_depth=1))
+    holder.append(PinMemoryIter(source, pin_and_finalize, queue_depth=1))
     constructed.set()
     assert wait_until(lambda: len(closed_on) == 1 and not pin_threads())
     assert closed_on[0].name.endswith("-shutdown")
@@ -373,22 +372,22 @@ def test_finalizer_on_the_pin_thread_closes_the_source_from_another_thread() -> 
 def test_queue_depth_must_be_a_positive_int() -> None:
     """A queue_depth below 1 is rejected, naming the argument and the value."""
     with pytest.raises(ValueError, match=r"queue_depth must be an int >= 1, got 0"):
-        _PinMemoryIter(range(3), tag, queue_depth=0)
+        PinMemoryIter(range(3), tag, queue_depth=0)
 
 
 def test_pin_fn_must_be_callable() -> None:
     """A pin_fn that is not callable is rejected with its type."""
     with pytest.raises(TypeError, match="pin_fn must be callable, got str"):
-        _PinMemoryIter(range(3), "pin", queue_depth=1)  # type: ignore[arg-type]
+        PinMemoryIter(range(3), "pin", queue_depth=1)  # type: ignore[arg-type]
 
 
 def test_repr_shows_state_depth_and_thread() -> None:
     """repr names the state, the queue depth and the thread."""
-    it = _PinMemoryIter(range(1), tag, queue_depth=4)
+    it = PinMemoryIter(range(1), tag, queue_depth=4)
     text = repr(it)
     it.close()
     assert text.startswith(
-        "_PinMemoryIter(state=RUNNING, queue_depth=4, thread='batchloader-pin-memory-"
+        "PinMemoryIter(state=RUNNING, queue_depth=4, thread='batchloader-pin-memory-"
     )
 
 
@@ -548,27 +547,26 @@ def test_make_pin_fn_warns_that_pin_memory_device_is_ignored(
         assert make_pin_fn("cuda:1") is not None
 
 
-def test_pin_memory_stage_passes_source_through_without_accelerator(
+def test_nothing_to_pin_without_an_accelerator(
     monkeypatch: pytest.MonkeyPatch, fresh_warnings: None
 ) -> None:
-    """With nothing to pin the stage is the source's own iterator: no thread, batches unchanged."""
+    """Without an accelerator there is no pin function, so the loader starts no pin thread."""
     fake_accelerator(monkeypatch, None)
-    source = iter([torch.ones(1), torch.zeros(1)])
     with pytest.warns(UserWarning, match="no accelerator"):
-        stage = _pin_memory_stage(source, "")
-    assert stage is source
+        assert make_pin_fn("") is None
     assert_no_pin_thread()
 
 
-def test_pin_memory_stage_starts_the_thread_with_an_accelerator(
+def test_pin_stage_pins_every_batch_with_an_accelerator(
     monkeypatch: pytest.MonkeyPatch, fresh_warnings: None
 ) -> None:
-    """With an accelerator the stage is a _PinMemoryIter that pins every batch."""
+    """With an accelerator, the pin function and the stage pin every batch."""
     fake_accelerator(monkeypatch, "cuda")
     monkeypatch.setattr(pm, "_set_device_index", [].append)
     fake_tensor_pin(monkeypatch)
-    stage = _pin_memory_stage([{"x": torch.ones(1)}] * 3, "", queue_depth=2)
-    assert isinstance(stage, _PinMemoryIter)
+    pin_fn = make_pin_fn("")
+    assert pin_fn is not None
+    stage = PinMemoryIter([{"x": torch.ones(1)}] * 3, pin_fn, queue_depth=2)
     assert all(is_fake_pinned(batch["x"]) for batch in stage)
 
 
@@ -670,9 +668,9 @@ def test_the_stage_passes_a_pool_adoption_on_to_its_source() -> None:
         def adopt_pool(self) -> bool:
             return True
 
-    it = _PinMemoryIter(Adopting(), tag, queue_depth=1)
+    it = PinMemoryIter(Adopting(), tag, queue_depth=1)
     assert it.adopt_pool() is True
     it.close()
-    plain = _PinMemoryIter(InfiniteSource(), tag, queue_depth=1)
+    plain = PinMemoryIter(InfiniteSource(), tag, queue_depth=1)
     assert plain.adopt_pool() is False
     plain.close()

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import pathlib
+import pkgutil
+import re
+import traceback
 
 import batchloader
 
@@ -42,3 +46,45 @@ def test_every_public_name_has_a_docstring():
     """Each public class and function says what it is for."""
     bare = [name for name in batchloader.__all__ if not inspect.getdoc(getattr(batchloader, name))]
     assert bare == []
+
+
+def test_the_api_reference_lists_exactly_all():
+    """docs/api.md has one autodoc entry per name in __all__, and none for anything else."""
+    text = (DOCS / "api.md").read_text()
+    documented = re.findall(r"^\.\. auto\w+:: batchloader\.(\w+)$", text, flags=re.M)
+    assert sorted(documented) == batchloader.__all__
+
+
+def test_public_names_report_the_package_as_their_module():
+    """batchloader.X, not the private module that defines it, in reprs, tracebacks and pickles."""
+    ours = [
+        name
+        for name in batchloader.__all__
+        if getattr(getattr(batchloader, name), "__module__", "").startswith("batchloader")
+    ]
+    assert ours, "no names of our own?"
+    assert [n for n in ours if getattr(batchloader, n).__module__ != "batchloader"] == []
+
+
+def test_a_traceback_names_the_public_exception():
+    """An error users catch shows as batchloader.ShmFullError."""
+    try:
+        raise batchloader.ShmFullError("full")
+    except batchloader.ShmFullError as e:
+        text = "".join(traceback.format_exception_only(e))
+    assert text.startswith("batchloader.ShmFullError: full")
+
+
+def test_public_submodules_export_only_public_names():
+    """A submodule without an underscore exports (in its __all__) only names of the package's __all__."""
+    modules = [
+        m.name for m in pkgutil.iter_modules(batchloader.__path__) if not m.name.startswith("_")
+    ]
+    assert modules, "no public submodules found"
+    leaks = {
+        name: sorted(
+            set(importlib.import_module(f"batchloader.{name}").__all__) - set(batchloader.__all__)
+        )
+        for name in modules
+    }
+    assert {name: extra for name, extra in leaks.items() if extra} == {}

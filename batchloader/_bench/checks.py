@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-__all__ = ["Checksum", "check_run", "expected_label_hash", "label_hash", "leaves"]
+__all__ = ["Checksum", "check_run", "expected_label_hash", "leaves"]
 
 # Elements probed per sample and array: enough to catch a wrong or stale sample,
 # few enough that the check costs the consumer microseconds, not a pass over the data.
@@ -27,14 +27,6 @@ _WEIGHT_MASK = 63
 # Two probes differing by more than this (relative) mean different data was delivered:
 # equal data gives sums equal to within float64 rounding, whatever the batching.
 _PROBE_RTOL = 1e-9
-
-
-def label_hash(labels: Iterable[int], start: int = 0) -> int:
-    """The order-sensitive hash of labels delivered at positions ``start, start+1, ...``."""
-    total = 0
-    for position, label in enumerate(labels, start):
-        total = (total + (position + 1) * int(label)) % _HASH_MOD
-    return total
 
 
 def leaves(obj: Any) -> Iterator[Any]:

@@ -56,7 +56,7 @@ def test_ddp_gives_each_rank_a_disjoint_half_like_torch(ddp_runs):
 def test_ddp_rebuilds_the_loader_as_batchloaders_with_its_engine(ddp_runs):
     for rank in (0, 1):
         record = ddp_runs["batchloader"][rank]
-        assert record["loader"] == "batchloader.loader.DataLoader"
+        assert record["loader"] == "batchloader.DataLoader"
         assert record["engines"] == ["batchloader"]
     assert ddp_runs["torch"][0]["engines"] == ["torch"]
 
@@ -150,8 +150,8 @@ def test_predict_fills_batch_indices_like_torch():
         trainer.callbacks.append(writer)
         trainer.predict(_SeedRecorder(loader_cls), return_predictions=False)
         indices[loader_cls.__module__] = writer.indices
-    assert indices["batchloader.loader"] == indices["torch.utils.data.dataloader"]
-    assert indices["batchloader.loader"] == [[0, 1, 2], [3, 4, 5], [6, 7]]
+    assert indices["batchloader"] == indices["torch.utils.data.dataloader"]
+    assert indices["batchloader"] == [[0, 1, 2], [3, 4, 5], [6, 7]]
 
 
 @pytest.mark.timeout(3 * _DDP_TIMEOUT_S)

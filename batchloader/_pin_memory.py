@@ -33,8 +33,7 @@ import torch
 from ._nested import has_method, map_batch
 
 __all__ = [
-    "_PinMemoryIter",
-    "_pin_memory_stage",
+    "PinMemoryIter",
     "make_pin_fn",
     "pin_batch",
     "pin_memory_supported",
@@ -217,7 +216,7 @@ class _Msg:
 
 
 class _State(enum.Enum):
-    """The consumer side's state; see :class:`_PinMemoryIter`."""
+    """The consumer side's state; see :class:`PinMemoryIter`."""
 
     RUNNING = enum.auto()
     EXHAUSTED = enum.auto()
@@ -336,7 +335,7 @@ def _shutdown(
                 )
 
 
-class _PinMemoryIter(Iterator[Any]):
+class PinMemoryIter(Iterator[Any]):
     """Pins batches from ``source`` in one daemon thread, keeping order and a prefetch bound.
 
     The thread pulls ``next(source)``, applies ``pin_fn`` and puts the result in
@@ -388,7 +387,7 @@ class _PinMemoryIter(Iterator[Any]):
         )
         self._thread.start()
 
-    def __iter__(self) -> _PinMemoryIter:
+    def __iter__(self) -> PinMemoryIter:
         return self
 
     def __next__(self) -> Any:
@@ -446,17 +445,3 @@ class _PinMemoryIter(Iterator[Any]):
             f"{type(self).__name__}(state={self._state.name}, queue_depth={self._queue_depth}, "
             f"thread={self._thread.name!r})"
         )
-
-
-def _pin_memory_stage(
-    source: Iterable[Any],
-    pin_memory_device: str = "",
-    *,
-    queue_depth: int = _DEFAULT_QUEUE_DEPTH,
-    stacklevel: int = 2,
-) -> Iterator[Any]:
-    """Wrap ``source`` in the pin-memory stage, or return ``iter(source)`` when nothing can be pinned."""
-    pin_fn = make_pin_fn(pin_memory_device, stacklevel=stacklevel + 1)
-    if pin_fn is None:
-        return iter(source)
-    return _PinMemoryIter(source, pin_fn, queue_depth=queue_depth)
