@@ -40,6 +40,7 @@ def _demo(args: argparse.Namespace) -> int:
     print(
         f"Loading {len(dataset):,} synthetic samples (~0.5 ms of NumPy each), batch {_DEMO_BATCH}"
     )
+    loader: DataLoader[Any]
     for workers in (0, 2):
         context = "fork" if workers else None
         with DataLoader(

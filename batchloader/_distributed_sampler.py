@@ -42,6 +42,10 @@ class DistributedSampler(_EpochState, Sampler[int], _TorchDistributedSampler):
 
     _repr_fields = ("dataset", "num_replicas", "rank", "shuffle", "seed", "drop_last", "epoch")
 
+    # torch's attribute, widened: it also takes a length. mypy forbids widening an
+    # inherited attribute, hence the ignore.
+    dataset: int | Sized  # type: ignore[assignment]
+
     def __init__(
         self,
         dataset: int | Sized,

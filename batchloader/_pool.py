@@ -48,7 +48,17 @@ class _QuietPool(Pool):
     """
 
     def _get_sentinels(self) -> list[Any]:
-        return [self._change_notifier._reader]
+        return [_internals(self)._change_notifier._reader]
+
+
+def _internals(pool: Pool) -> Any:
+    """``pool`` itself, typed so that its private attributes can be read and set.
+
+    typeshed declares none of Pool's internals (``_pool``, ``_inqueue``,
+    ``_outqueue``, ``_cache``, ``_worker_handler``, ``_change_notifier``), and
+    this module relies on them on purpose (see the module docstring).
+    """
+    return pool
 
 
 def check_picklable(spec: FetchSpec, start_method: str) -> None:
@@ -148,7 +158,7 @@ class WorkerPool:
         else:
             self._start_threads(config, spec, base_seed)
         # Pool._pool is private, but it is the only handle on the workers it starts.
-        self._members = list(self._pool._pool)
+        self._members = list(_internals(self._pool)._pool)
         self._finalizer = weakref.finalize(self, _shutdown, self._state_for_shutdown())
 
     def _start_processes(self, config: LoaderConfig, spec: FetchSpec, base_seed: int) -> None:
@@ -178,7 +188,7 @@ class WorkerPool:
             self._pool: Pool = _QuietPool(
                 n, _worker.init_process_worker, (self.setup,), context=ctx
             )
-        _worker.forks_workers(self._pool._worker_handler)
+        _worker.forks_workers(_internals(self._pool)._worker_handler)
 
     def _start_threads(self, config: LoaderConfig, spec: FetchSpec, base_seed: int) -> None:
         n = config.num_workers
@@ -254,7 +264,10 @@ class WorkerPool:
 
     def drain_streams(self) -> None:
         """Empties the stream queues, unlinking the batches in them."""
-        for stream in self.setup.streams:
+        streams = self.setup.streams
+        if streams is None:  # only an iterable dataset's pool starts streams
+            raise RuntimeError("[INTERNAL ERROR] drain_streams() on a pool without streams")
+        for stream in streams:
             while True:
                 try:
                     result = stream.get_nowait()
@@ -334,11 +347,12 @@ def _shutdown(state: tuple[Any, ...]) -> None:
 
 
 def _stop_processes(pool: Pool, members: list[Any]) -> None:
+    internals = _internals(pool)
     # First stop the Pool's handler from replacing the workers we are about to kill.
-    pool._worker_handler._state = TERMINATE
-    pool._change_notifier.put(None)
-    pool._worker_handler.join(_HANDLER_STOP_S)
-    processes = list({p.pid: p for p in [*members, *pool._pool]}.values())
+    internals._worker_handler._state = TERMINATE
+    internals._change_notifier.put(None)
+    internals._worker_handler.join(_HANDLER_STOP_S)
+    processes = list({p.pid: p for p in [*members, *internals._pool]}.values())
     # SIGKILL, not SIGTERM: a worker holds nothing worth saving (the pool's segments are
     # removed by name afterwards), and no handler, ours or one a worker inherited from
     # the trainer, can run, delay or refuse it.
@@ -348,8 +362,8 @@ def _stop_processes(pool: Pool, members: list[Any]) -> None:
     for p in processes:
         p.join()
     # Pool.terminate() takes these locks; a worker killed inside get()/put() held them.
-    _free_lock(pool._inqueue._rlock)
-    _free_lock(getattr(pool._outqueue, "_wlock", None))
+    _free_lock(internals._inqueue._rlock)
+    _free_lock(getattr(internals._outqueue, "_wlock", None))
     pool.terminate()
     pool.join()
     _release_pool(pool, processes)
@@ -362,8 +376,9 @@ def _release_pool(pool: Pool, processes: list[Any]) -> None:
     cycle), and through its callbacks the iterator's inbox and the batches'
     mappings; its pipes and each worker's sentinel are file descriptors.
     """
-    pool._cache.clear()
-    for queue_ in (pool._inqueue, pool._outqueue):
+    internals = _internals(pool)
+    internals._cache.clear()
+    for queue_ in (internals._inqueue, internals._outqueue):
         queue_._reader.close()
         queue_._writer.close()
     for process in processes:

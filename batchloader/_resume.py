@@ -24,13 +24,16 @@ import itertools
 import random
 import warnings
 from collections.abc import Mapping, Sized
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from ._epoch import EndlessSampler, Epoch, Tracked
 from ._generators import ThreadSafeIterator
+
+if TYPE_CHECKING:
+    from ._pool import WorkerPool
 
 __all__ = [
     "STATE_VERSION",
@@ -69,7 +72,13 @@ def process_rng() -> dict[str, Any]:
     saved with the position and put back after the resumed epoch has drawn
     its indices, the augmentations after the position repeat too.
     """
-    _, keys, pos, has_gauss, gauss = np.random.get_state()
+    numpy_state = np.random.get_state()
+    if not isinstance(numpy_state, tuple):  # a dict: the global bit generator is not MT19937
+        raise ValueError(
+            "cannot save NumPy's global random state: it is not MT19937 "
+            "(np.random.set_bit_generator was called)"
+        )
+    _, keys, pos, has_gauss, gauss = numpy_state
     version, internal, gauss_next = random.getstate()
     return {
         "torch": torch.get_rng_state().numpy().tobytes().hex(),
@@ -135,6 +144,21 @@ class Resumable:
     ``_resume_state`` (and ``_resume_pool``) for the next ``iter()``.
     """
 
+    # Set by the DataLoader (annotations only: the mixin defines none of them).
+    dataset: Any
+    sampler: Any
+    generator: torch.Generator | None
+    num_workers: int
+    thread_pool: bool
+    persistent_workers: bool
+    _index_sampler: Any  # a property of torch's DataLoader
+    _iterable: bool
+    _pool: WorkerPool | None
+    _pool_epochs: int
+    _epoch: Epoch | None
+    _resume_state: dict[str, Any] | None
+    _resume_pool: tuple[int, int] | None
+
     def state_dict(self) -> dict[str, Any]:
         """Where the loader is: after the last batch handed out, as plain data.
 
@@ -196,12 +220,14 @@ class Resumable:
 
     def _snapshot(self) -> dict[str, Any]:
         pool = self._pool
-        alive = pool is not None and not (pool.closed or pool.broken) and self.persistent_workers
+        kept: tuple[int, int] | None = None  # a persistent pool the next epoch reuses
+        if pool is not None and not (pool.closed or pool.broken) and self.persistent_workers:
+            kept = (pool.base_seed, self._pool_epochs)
         return snapshot(
             generator=self.generator,
             index_sampler=self._index_sampler,
             dataset=self.dataset,
-            pool=(pool.base_seed, self._pool_epochs) if alive else None,
+            pool=kept,
             endless_position=getattr(self.sampler, "position", None)
             if isinstance(self.sampler, EndlessSampler)
             else None,

@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import psutil
 
@@ -180,6 +180,13 @@ def _kill_tree(pid: int) -> None:
         pass
 
 
+def _pipe(stream: IO[str] | None) -> IO[str]:
+    """A pipe of a process that ``Measurer._start`` started (its stdin and stdout are piped)."""
+    if stream is None:
+        raise RuntimeError("[INTERNAL ERROR] the measurement process has no pipe")
+    return stream
+
+
 def _read_session(lines: Iterator[str], sampler: _Sampler) -> dict[str, Any]:
     """Reads one measurement's output up to its result line (or its end)."""
     result: dict[str, Any] = {"ok": False, "error": "the measurement printed no result"}
@@ -235,7 +242,7 @@ class Measurer:
         watchdog = threading.Timer(_RUN_TIMEOUT_S, _kill_tree, (process.pid,))
         watchdog.start()
         try:
-            return _read_session(iter(process.stdout.readline, ""), sampler)
+            return _read_session(iter(_pipe(process.stdout).readline, ""), sampler)
         finally:
             watchdog.cancel()
             process.wait()
@@ -243,15 +250,21 @@ class Measurer:
     def _run_forked(self, spec: Spec, sampler: _Sampler) -> dict[str, Any]:
         server = self._ensure_server()
         try:
-            server.stdin.write(spec.to_json() + "\n")
-            server.stdin.flush()
+            stdin = _pipe(server.stdin)
+            stdin.write(spec.to_json() + "\n")
+            stdin.flush()
         except BrokenPipeError:
             server.wait()
             return {"ok": False, "error": f"the measurement server exited ({server.returncode})"}
-        watchdog = threading.Timer(_RUN_TIMEOUT_S, lambda: sampler.pid and _kill_tree(sampler.pid))
+
+        def kill_measured() -> None:
+            if sampler.pid:
+                _kill_tree(sampler.pid)
+
+        watchdog = threading.Timer(_RUN_TIMEOUT_S, kill_measured)
         watchdog.start()
         try:
-            return _read_session(iter(server.stdout.readline, ""), sampler)
+            return _read_session(iter(_pipe(server.stdout).readline, ""), sampler)
         finally:
             watchdog.cancel()
 
@@ -264,7 +277,7 @@ class Measurer:
         """Stops the measurement server (end of input); kills it if it does not exit."""
         if self._server is not None:
             with contextlib.suppress(BrokenPipeError):
-                self._server.stdin.close()
+                _pipe(self._server.stdin).close()
             try:
                 self._server.wait(timeout=10)
             except subprocess.TimeoutExpired:
