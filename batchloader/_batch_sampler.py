@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import typing
 from collections.abc import Iterable, Iterator, Mapping, Sized
 from typing import Any
 
@@ -33,7 +32,7 @@ def resolve_last_batch(drop_last: object, last_batch: object) -> LastBatch:
             f"drop_last=True means last_batch='discard', but last_batch={last_batch!r} was given; "
             "pass only one of them"
         )
-    return typing.cast(LastBatch, last_batch)
+    return last_batch
 
 
 class BatchSampler(Sampler[list[int]], _TorchBatchSampler):
@@ -93,7 +92,7 @@ class BatchSampler(Sampler[list[int]], _TorchBatchSampler):
         """The rollover remainder that will start the next epoch."""
 
     @property
-    def drop_last(self) -> bool:
+    def drop_last(self) -> bool:  # type: ignore[override]  # torch's attribute, a view here
         """torch's view of ``last_batch``: True for ``'discard'``."""
         return self.last_batch == "discard"
 

@@ -66,13 +66,16 @@ class Stack:
     def __init__(self, dtype: Any = None, *, output: _Output = "torch") -> None:
         self.output = _validate_output("Stack", output)
         self.dtype = dtype
-        self._dtype = None if dtype is None else _resolve_dtype("Stack", dtype, self.output)
+        # a torch dtype for output="torch", a NumPy one for "numpy"
+        self._dtype: Any = None if dtype is None else _resolve_dtype("Stack", dtype, self.output)
 
     def __call__(self, data: Sequence[Any]) -> torch.Tensor | np.ndarray:
         batch = self._stack(data)
         if self._dtype is None:
             return batch
-        return batch.astype(self._dtype) if self.output == "numpy" else batch.to(self._dtype)
+        if isinstance(batch, np.ndarray):
+            return batch.astype(self._dtype)
+        return batch.to(self._dtype)
 
     def _stack(self, data: Sequence[Any]) -> torch.Tensor | np.ndarray:
         _require_samples("Stack", data)
@@ -162,7 +165,7 @@ class Pad:
         pad_val = 0 if pad_val is None else pad_val
         _validate_pad_args(axis, pad_val, ret_length, round_to)
         self.output = _validate_output("Pad", output)
-        self._dtype = None if dtype is None else _resolve_dtype("Pad", dtype, self.output)
+        self._dtype: Any = None if dtype is None else _resolve_dtype("Pad", dtype, self.output)
         self.axis, self.pad_val, self.ret_length = axis, pad_val, ret_length
         self.dtype, self.round_to = dtype, round_to
 
@@ -215,8 +218,8 @@ class Pad:
         if self.output == "numpy":
             common = np.result_type(*(s.dtype for s in typed))
             return np.empty(shape, dtype=common if self._dtype is None else self._dtype)
-        common = functools.reduce(torch.promote_types, (s.dtype for s in typed))
-        return _shm.empty(shape, common if self._dtype is None else self._dtype)
+        promoted = functools.reduce(torch.promote_types, (s.dtype for s in typed))
+        return _shm.empty(shape, promoted if self._dtype is None else self._dtype)
 
     def __repr__(self) -> str:
         return (

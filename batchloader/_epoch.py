@@ -61,7 +61,7 @@ class SingleProcessIter:
         if _datapipes.is_datapipe(spec.dataset):
             _datapipes.shard(spec.dataset, 1, 0)
             _datapipes.seed_epoch(spec.dataset, shared_seed)
-        self._log: collections.deque[int] | None = None
+        self._log: collections.deque[int] = collections.deque()
         if spec.iterable:
             self._source = iter(spec.dataset)
             self._indices = None
@@ -70,7 +70,7 @@ class SingleProcessIter:
             self._indices = number_batches(
                 iter(index_sampler), epoch.prefix, frozenset(epoch.ahead)
             )
-            self._log = epoch.log = collections.deque()
+            epoch.log = self._log
         self._done = False
 
     def __iter__(self) -> Iterator[Any]:

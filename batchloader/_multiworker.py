@@ -66,6 +66,9 @@ def _show(indices: Any) -> str:
 class _BaseIter:
     """The state machine and shutdown shared by both iterators."""
 
+    log: deque[Any]
+    """What the epoch's bookkeeping needs of each batch handed on, oldest first."""
+
     def __init__(self, config: LoaderConfig, pool: WorkerPool, *, owns_pool: bool):
         self._config = config
         self._pool = pool
@@ -308,7 +311,8 @@ class MultiWorkerIter(_BaseIter):
     def _waiting_for(self) -> str:
         if self._config.in_order:
             waiting = self._sent_order[0] if self._sent_order else None
-            return f"batch {waiting} (indices {_show(self._in_flight.get(waiting))})"
+            indices = None if waiting is None else self._in_flight.get(waiting)
+            return f"batch {waiting} (indices {_show(indices)})"
         return f"any of batches {sorted(self._in_flight)}"
 
     def _take_pending(self) -> list[Result]:
@@ -341,7 +345,9 @@ class StreamingIter(_BaseIter):
         super().__init__(config, pool, owns_pool=owns_pool)
         self._shared_seed = shared_seed  # the epoch's seed for a datapipe's shufflers
         self._resume_states = resume_states  # per worker: a stateful dataset's saved state
-        self._streams = pool.setup.streams
+        if pool.setup.streams is None:
+            raise RuntimeError("[INTERNAL ERROR] StreamingIter needs a pool made with streams")
+        self._streams: list[Any] = pool.setup.streams
         self._active = deque(range(config.num_workers))
         self._active.rotate(-first_worker)  # a resumed epoch's turn goes on where it was
         self.log: deque[tuple[int, Any]] = deque()  # (worker, dataset state) handed on

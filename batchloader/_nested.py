@@ -55,7 +55,8 @@ def rebuild_mapping(like: Mapping[Any, Any], values: dict[Any, Any]) -> Mapping[
             clone = copy.copy(like)
             clone.update(values)
             return clone
-        return type(like)(values)
+        make: Any = type(like)  # a Mapping subclass's constructor, if it takes the items
+        return make(values)
     except TypeError:
         return values
 
@@ -70,7 +71,8 @@ def rebuild_sequence(
             for i, value in enumerate(values):  # item by item: a deque takes no slice
                 clone[i] = value
             return clone
-        return type(like)(values)  # type: ignore[call-arg]
+        make: Any = type(like)
+        return make(values)
     except TypeError:  # e.g. range, or a subclass whose __init__ takes other arguments
         return fallback(values)
 

@@ -66,8 +66,8 @@ _warned: set[str] = set()
 
 
 _PIN_TAKES_DEVICE = (
-    torch.__version__ < _DEVICE_AGNOSTIC_PIN_TORCH
-)  # a TorchVersion compares to tuples
+    tuple(int(part) for part in torch.__version__.split(".")[:2]) < _DEVICE_AGNOSTIC_PIN_TORCH
+)
 
 
 # ---------------------------------------------------------------- pinning

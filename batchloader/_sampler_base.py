@@ -47,7 +47,7 @@ def _describe(value: object) -> str:
     return f"{text if len(text) <= 60 else text[:57] + '...'} ({type(value).__name__})"
 
 
-def _check_int(name: str, value: object, minimum: int | None = None, kind: str = "") -> int:
+def _check_int(name: str, value: Any, minimum: int | None = None, kind: str = "") -> int:
     kind = kind or _INT_KINDS[minimum]
     if isinstance(value, bool) or not hasattr(type(value), "__index__"):
         raise TypeError(f"{name} should be {kind}, got {_describe(value)}")

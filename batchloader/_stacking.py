@@ -127,7 +127,7 @@ def _stack_tensors(
 ) -> torch.Tensor:
     """Stacks tensors along a new axis 0; inside a worker, into shared memory."""
     try:
-        return torch.stack(tensors, out=_stack_out(tensors))
+        return torch.stack(list(tensors), out=_stack_out(tensors))
     except RuntimeError as e:
         raise error(_stack_failure(tensors, e)) from e
 

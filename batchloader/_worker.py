@@ -348,7 +348,7 @@ def next_iterable_batch(spec: FetchSpec, iterator: Iterator[Any]) -> Any:
     if spec.mode is FetchMode.ITERABLE_SINGLE:
         return spec.collate_fn(next(iterator))
     items = list(itertools.islice(iterator, spec.batch_size))
-    if not items or (spec.drop_last and len(items) < spec.batch_size):
+    if not items or (spec.drop_last and spec.batch_size and len(items) < spec.batch_size):
         raise StopIteration
     return spec.collate_fn(items)
 
@@ -361,7 +361,8 @@ def _next_shared_batch(spec: FetchSpec, take: Any, epoch: int) -> tuple[int, Any
     """
     single = spec.mode is FetchMode.ITERABLE_SINGLE
     number, items = take(1 if single else spec.batch_size, epoch)
-    if not items or (not single and spec.drop_last and len(items) < spec.batch_size):
+    short = spec.batch_size is not None and len(items) < spec.batch_size
+    if not items or (not single and spec.drop_last and short):
         raise StopIteration
     return number, spec.collate_fn(items[0] if single else items)
 
@@ -387,7 +388,10 @@ def run_task(task: Task) -> Result:
 
 def _put(state: _WorkerState, result: Result) -> bool:
     """Puts into this worker's stream; False if told to stop first."""
-    stream = state.setup.streams[state.worker_id]
+    streams = state.setup.streams
+    if streams is None:
+        raise RuntimeError("[INTERNAL ERROR] a stream result in a pool without streams")
+    stream = streams[state.worker_id]
     while not state.setup.stop.is_set():
         try:
             stream.put(result, timeout=_PUT_POLL_S)

@@ -44,13 +44,15 @@ from ._generators import (
 from ._multiworker import MultiWorkerIter, StreamingIter
 from ._pin_memory import PinMemoryIter, make_pin_fn
 from ._pool import WorkerPool
-from ._typing import T_co
+from ._typing import LastBatch, T_co
 from .collate import default_collate, default_convert
 from .samplers import BatchSampler, DistributedSampler, RandomSampler, SequentialSampler
 
 __all__ = ["DataLoader"]
 
 _DEFAULT_PREFETCH_FACTOR = 2
+# torch's property: its setter checks a start method and turns a name into its context.
+_TORCH_MP_CONTEXT: property = vars(_TorchDataLoader)["multiprocessing_context"]
 _PIN_QUEUE_DEPTH = 2
 # A setting fixed at construction beyond torch's own list (Gluon's: it is in the sampler).
 _FROZEN_EXTRAS = frozenset(("last_batch",))
@@ -120,6 +122,10 @@ class DataLoader(_resume.Resumable, _TorchDataLoader[T_co]):
     Trap: with ``persistent_workers=False`` (torch's default) each epoch starts
     fresh workers; with ``True`` they live until :meth:`close`.
     """
+
+    # torch's private attributes, which its own methods read (declared for the type checker)
+    _DataLoader__multiprocessing_context: Any
+    _IterableDataset_len_called: int | None  # type: ignore[assignment]  # torch types it None
 
     def __init__(
         self,
@@ -228,7 +234,7 @@ class DataLoader(_resume.Resumable, _TorchDataLoader[T_co]):
     @multiprocessing_context.setter
     def multiprocessing_context(self, value: Any) -> None:
         try:  # torch's checks and words, which turn a name into its context
-            _TorchDataLoader.multiprocessing_context.fset(self, value)
+            _TORCH_MP_CONTEXT.__set__(self, value)
         except (ValueError, TypeError) as e:
             raise type(e)(f"{e}; got multiprocessing_context={value!r}") from None
 
@@ -266,7 +272,7 @@ class DataLoader(_resume.Resumable, _TorchDataLoader[T_co]):
         return None, num_workers, thread_pool, prefetch_factor
 
     def _make_samplers(
-        self, shuffle: Any, sampler: Any, batch_sampler: Any, batch_size: Any, mode: str
+        self, shuffle: Any, sampler: Any, batch_sampler: Any, batch_size: Any, mode: LastBatch
     ) -> tuple[Any, Any]:
         if self._iterable:
             # torch's placeholders: the dataset decides the order; they only say how it batches.
@@ -368,7 +374,8 @@ class DataLoader(_resume.Resumable, _TorchDataLoader[T_co]):
 
     # -- iteration ------------------------------------------------------------------
 
-    def __iter__(self) -> Iterator[Any]:
+    # Our iterators are not torch's _BaseDataLoaderIter; callers only iterate them.
+    def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
         spec, config = self._settings()
         previous = self._current()
         if config.persistent_workers and previous is not None:
@@ -448,7 +455,7 @@ class DataLoader(_resume.Resumable, _TorchDataLoader[T_co]):
             pool, owns = WorkerPool(config, spec, base_seed), True
             epoch_seed = _seeding.epoch_seed(base_seed, 0)
         if self._iterable:
-            iterator = StreamingIter(
+            stream = StreamingIter(
                 config,
                 pool,
                 owns_pool=owns,
@@ -456,8 +463,8 @@ class DataLoader(_resume.Resumable, _TorchDataLoader[T_co]):
                 resume_states=dict(epoch.worker_states) or None,
                 first_worker=0 if epoch.last_worker is None else epoch.last_worker + 1,
             )
-            epoch.stream_log = iterator.log
-            return iterator
+            epoch.stream_log = stream.log
+            return stream
         iterator = MultiWorkerIter(
             config,
             pool,

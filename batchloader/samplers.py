@@ -65,6 +65,8 @@ class SequentialSampler(Sampler[int], _TorchSequentialSampler):
     """
 
     _repr_fields = ("data_source",)
+    # torch types it Sized; a plain length is our addition.
+    data_source: int | Sized  # type: ignore[assignment]
 
     def __init__(self, data_source: int | Sized) -> None:
         self.data_source = _check_source("data_source", data_source)
@@ -102,6 +104,7 @@ class RandomSampler(_EpochState, Sampler[int], _TorchRandomSampler):
     """
 
     _repr_fields = ("data_source", "replacement", "num_samples", "generator", "seed", "epoch")
+    data_source: int | Sized  # type: ignore[assignment]  # as in SequentialSampler
 
     def __init__(
         self,
