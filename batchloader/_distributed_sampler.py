@@ -9,6 +9,7 @@ import torch.distributed as dist
 import torch.utils.data
 from torch.utils.data import DistributedSampler as _TorchDistributedSampler
 
+from . import _seeding
 from ._sampler_base import Sampler, _check_bool, _check_int, _check_source, _EpochState, _length
 
 __all__ = ["DistributedSampler"]
@@ -73,7 +74,9 @@ class DistributedSampler(_EpochState, Sampler[int], _TorchDistributedSampler):
 
     def __iter__(self) -> Iterator[int]:
         if self.shuffle:
-            generator = torch.Generator().manual_seed(self.seed + self.epoch)
+            generator = torch.Generator().manual_seed(
+                _seeding.distributed_sampler_seed(self.seed, self.epoch)
+            )
             order = torch.randperm(self._n, generator=generator).tolist()
         else:
             order = list(range(self._n))

@@ -26,7 +26,9 @@ The rules, in the order an epoch meets them:
 6. **Samplers** with ``seed=`` use ``sampler_epoch_seed(seed, epoch)``; without
    a seed or generator they take one int64 from torch's global RNG when
    iteration starts, as torch's ``RandomSampler`` does
-   (:func:`generator_from_global_rng`). An iterable datapipe's shufflers get one
+   (:func:`generator_from_global_rng`). ``DistributedSampler`` seeds with
+   ``seed + epoch`` (torch's rule, :func:`distributed_sampler_seed`), so every
+   rank draws the same permutation. An iterable datapipe's shufflers get one
    seed per epoch, drawn with :func:`draw_seed`, the same in every worker.
 
 Everything is derived with splitmix64 (:func:`mix_seed`): cheap, portable, and
@@ -46,6 +48,7 @@ __all__ = [
     "RESEED_ALL",
     "Reseeding",
     "batch_seed",
+    "distributed_sampler_seed",
     "draw_seed",
     "epoch_seed",
     "generator_from_global_rng",
@@ -103,6 +106,11 @@ def batch_seed(epoch_seed: int, batch_id: int) -> int:
 def sampler_epoch_seed(seed: int, epoch: int) -> int:
     """A sampler's torch seed for (seed, epoch), hashed so that (1, 0) and (0, 1) are unrelated."""
     return _splitmix64((_splitmix64(seed & _MASK_64) + epoch) & _MASK_64)
+
+
+def distributed_sampler_seed(seed: int, epoch: int) -> int:
+    """``DistributedSampler``'s seed for an epoch: torch's ``seed + epoch``, the same on every rank."""
+    return seed + epoch
 
 
 def generator_from_global_rng() -> torch.Generator:

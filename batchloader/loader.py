@@ -189,6 +189,7 @@ class DataLoader(_resume.Resumable, _TorchDataLoader[T_co]):
 
         self.dataset = dataset
         self._iterable = iterable
+        # torch's own attribute, which torch's helpers and frameworks read
         self._dataset_kind = _DatasetKind.Iterable if iterable else _DatasetKind.Map
         self.num_workers = num_workers
         if prefetch_factor is None and num_workers > 0:
