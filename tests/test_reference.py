@@ -26,6 +26,7 @@ import torch
 
 import batchloader
 from tests.reference.epochs import run_epoch
+from tests.reference.samples import build_data
 
 REFERENCE = pathlib.Path(__file__).resolve().parent / "reference"
 GLUON = json.loads((REFERENCE / "gluon.json").read_text())
@@ -166,16 +167,6 @@ def _build_fn(spec: dict[str, Any], output: str) -> Any:
     raise ValueError(f"unknown batchify function {kind!r} in the reference")
 
 
-def _build_data(value: Any) -> Any:
-    if isinstance(value, dict) and "__ndarray__" in value:
-        return np.array(value["__ndarray__"], dtype=value["dtype"])
-    if isinstance(value, dict):
-        return {k: _build_data(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_build_data(v) for v in value]
-    return value
-
-
 def _encode(value: Any) -> Any:
     """batchloader's output in record_gluon.py's encoding."""
     if isinstance(value, torch.Tensor):
@@ -230,7 +221,7 @@ def _expected(
         if spec["kind"] == "Tuple":
             return {"tuple": done}
         return {"dict": dict(zip(expected["dict"], done, strict=True))}
-    samples = [_build_data(s) for s in data]
+    samples = [build_data(s) for s in data]
     mixed = len({s.dtype for s in samples if isinstance(s, np.ndarray)}) > 1
     if spec["kind"] == "Stack":
         if mixed and not spec["kwargs"].get("dtype") and not spec["args"]:
@@ -266,11 +257,11 @@ def test_batchify_matches_gluonnlp(case, output):
     fn = _build_fn(case["fn"], output)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # Pad() without pad_val does not warn, unlike GluonNLP
-        got = _encode(fn(_build_data(case["data"])))
+        got = _encode(fn(build_data(case["data"])))
     expected = _expected(case["fn"], case["data"], case["output"], output)
     if case["id"] in VALUES_NOT_TRUNCATED:
         expected["values"] = VALUES_NOT_TRUNCATED[case["id"]]
-        expected["dtype"] = _own_dtype([_build_data(s) for s in case["data"]], output)
+        expected["dtype"] = _own_dtype([build_data(s) for s in case["data"]], output)
     assert got == expected
 
 
@@ -286,7 +277,7 @@ def test_pad_val_that_does_not_fit_is_refused(case, output):
     assert gluon_values, "GluonNLP returned a batch"
     fn = _build_fn(case["fn"], output)
     with pytest.raises(ValueError, match="pad_val"):
-        fn(_build_data(case["data"]))
+        fn(build_data(case["data"]))
 
 
 def test_pad_default_warns_in_gluonnlp_only():

@@ -38,6 +38,7 @@ from epochs import run_epoch  # this folder is first on sys.path when run as a s
 from gluonnlp.data import batchify as bf
 from mxnet import gluon
 from mxnet.gluon.contrib.data.sampler import IntervalSampler
+from samples import build_data
 
 HERE = pathlib.Path(__file__).resolve().parent
 OUT = HERE / "gluon.json"
@@ -75,6 +76,17 @@ INTERVAL = (
 # -- epoch scripts --------------------------------------------------------------------
 
 
+def epoch_case(n, size, mode, script, epochs):
+    """One BatchSampler or DataLoader record: its settings, its script, what each epoch did."""
+    return {
+        "n": n,
+        "batch_size": size,
+        "last_batch": mode,
+        "script": list(script),
+        "epochs": epochs,
+    }
+
+
 def record_batch_sampler():
     cases = []
     for n in LENGTHS:
@@ -83,15 +95,7 @@ def record_batch_sampler():
                 for script in SCRIPTS:
                     bs = gluon.data.BatchSampler(gluon.data.SequentialSampler(n), size, mode)
                     epochs = [run_epoch(bs, step, list) for step in script]
-                    cases.append(
-                        {
-                            "n": n,
-                            "batch_size": size,
-                            "last_batch": mode,
-                            "script": list(script),
-                            "epochs": epochs,
-                        }
-                    )
+                    cases.append(epoch_case(n, size, mode, script, epochs))
     return cases
 
 
@@ -108,15 +112,7 @@ def record_loader():
                     epochs = [
                         run_epoch(loader, step, lambda b: b.asnumpy().tolist()) for step in script
                     ]
-                    cases.append(
-                        {
-                            "n": n,
-                            "batch_size": size,
-                            "last_batch": mode,
-                            "script": list(script),
-                            "epochs": epochs,
-                        }
-                    )
+                    cases.append(epoch_case(n, size, mode, script, epochs))
     return cases
 
 
@@ -292,16 +288,6 @@ def build_fn(spec):
     if kind == "List":
         return bf.List()
     raise ValueError(kind)
-
-
-def build_data(value):
-    if isinstance(value, dict) and "__ndarray__" in value:
-        return np.array(value["__ndarray__"], dtype=value["dtype"])
-    if isinstance(value, dict):
-        return {key: build_data(v) for key, v in value.items()}
-    if isinstance(value, list):
-        return [build_data(v) for v in value]
-    return value
 
 
 def encode_output(value):
