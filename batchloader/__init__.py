@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from ._errors import LoaderTimeoutError, WorkerDiedError, WorkerError
 from ._pin_memory import pin_batch, pin_memory_supported
+from ._sharing import LargeContainer, find_large_containers, share_dataset
 from ._shm import ShmFullError
 from ._worker import get_worker_info
 from .collate import (
@@ -48,6 +49,7 @@ from .samplers import (
     SubsetRandomSampler,
     WeightedRandomSampler,
 )
+from .shared import SharedDict, SharedList
 
 __version__ = "0.1.0"
 
@@ -64,6 +66,7 @@ __all__ = [
     "GeneratorDataset",
     "IntervalSampler",
     "IterableDataset",
+    "LargeContainer",
     "List",
     "LoaderTimeoutError",
     "Pad",
@@ -74,6 +77,8 @@ __all__ = [
     "SequentialSampler",
     "ShardInfo",
     "ShardedIterableDataset",
+    "SharedDict",
+    "SharedList",
     "ShmFullError",
     "Stack",
     "SubsetRandomSampler",
@@ -84,11 +89,13 @@ __all__ = [
     "WorkerError",
     "default_collate",
     "default_convert",
+    "find_large_containers",
     "get_worker_info",
     "numpy_collate",
     "pin_batch",
     "pin_memory_supported",
     "shard_info",
+    "share_dataset",
     "split_by_rank_and_worker",
     "threadsafe",
     "to_device",

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import collections
 import itertools
+import time
 import warnings
 from collections.abc import Iterator
 from typing import Any
 
 from . import _datapipes
 from ._config import FetchSpec
+from ._stats import EpochRecorder
 from ._worker import fetch_batch, next_iterable_batch, number_batches
 
 __all__ = [
@@ -71,6 +73,7 @@ class SingleProcessIter:
                 iter(index_sampler), epoch.prefix, frozenset(epoch.ahead)
             )
             epoch.log = self._log
+        self._stats = epoch.stats if epoch is not None else EpochRecorder(0, {})
         self._done = False
 
     def __iter__(self) -> Iterator[Any]:
@@ -85,22 +88,33 @@ class SingleProcessIter:
     def __next__(self) -> Any:
         if self._done:
             raise StopIteration
+        started, cpu = time.perf_counter(), time.thread_time()
         try:
             if self._indices is None:
-                return next_iterable_batch(self._spec, self._source)
-            batch_id, indices = next(self._indices)
-            batch = fetch_batch(self._spec, indices)
-            self._log.append(batch_id)
-            return batch
+                batch = next_iterable_batch(self._spec, self._source)
+                samples = self._spec.batch_size or 1
+            else:
+                batch_id, indices = next(self._indices)
+                batch = fetch_batch(self._spec, indices)
+                self._log.append(batch_id)
+                samples = len(indices) if isinstance(indices, list) else 1
         except StopIteration:
             self._done = True
             raise
+        stats = self._stats
+        stats.produced(time.perf_counter() - started, time.thread_time() - cpu)
+        stats.samples += samples
+        return batch
 
     def close(self) -> None:
         self._done = True
 
     def adopt_pool(self) -> bool:
         return False  # no workers
+
+    @property
+    def _workers(self) -> list[Any]:
+        return []  # torch's attribute: this epoch has no worker processes
 
 
 class LengthCheck:
@@ -138,6 +152,11 @@ class LengthCheck:
 
     def adopt_pool(self) -> bool:
         return self._source.adopt_pool()
+
+    @property
+    def _workers(self) -> list[Any]:
+        """torch's attribute: the worker processes, indexed by worker id."""
+        return list(self._source._workers)
 
 
 def call_hook(dataset: Any, name: str) -> None:
@@ -183,6 +202,7 @@ class Epoch:
         self._hooks = hooks
         self._sampler = sampler
         self._ended = False
+        self.stats = EpochRecorder(0, {})  # the loader sets the real one (number, settings)
 
     def delivered(self) -> None:
         if self.log is None:
@@ -206,6 +226,7 @@ class Epoch:
         if self._ended:
             return
         self._ended = True
+        self.stats.end(finished=finished)
         if isinstance(self._sampler, EndlessSampler):
             self._sampler.position += self.prefix  # the epoch's batches, from before a resume too
         if self._hooks is not None:
@@ -223,11 +244,13 @@ class Tracked:
         return self
 
     def __next__(self) -> Any:
+        asked = time.perf_counter()
         try:
             batch = next(self._source)
         except StopIteration:
             self._epoch.end(finished=True)
             raise
+        self._epoch.stats.delivered(asked, time.perf_counter())
         self._epoch.delivered()
         return batch
 
@@ -237,3 +260,8 @@ class Tracked:
 
     def adopt_pool(self) -> bool:
         return self._source.adopt_pool()
+
+    @property
+    def _workers(self) -> list[Any]:
+        """torch's attribute: the worker processes, indexed by worker id."""
+        return list(self._source._workers)

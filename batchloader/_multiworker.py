@@ -27,7 +27,6 @@ id sent is in flight, in the reorder buffer, or already handed out.
 from __future__ import annotations
 
 import enum
-import functools
 import queue
 import threading
 import time
@@ -35,11 +34,12 @@ from collections import deque
 from collections.abc import Iterator
 from typing import Any
 
-from . import _shm
+from . import _fork_guard
 from ._config import LoaderConfig
-from ._errors import LoaderTimeoutError, _RemoteError
+from ._errors import LoaderTimeoutError
 from ._pool import WorkerPool
 from ._seeding import batch_seed
+from ._stats import EpochRecorder
 from ._worker import Result, Status, Task, number_batches
 
 __all__ = ["MultiWorkerIter", "StreamingIter"]
@@ -69,10 +69,21 @@ class _BaseIter:
     log: deque[Any]
     """What the epoch's bookkeeping needs of each batch handed on, oldest first."""
 
-    def __init__(self, config: LoaderConfig, pool: WorkerPool, *, owns_pool: bool):
+    def __init__(
+        self,
+        config: LoaderConfig,
+        pool: WorkerPool,
+        *,
+        owns_pool: bool,
+        stats: EpochRecorder | None = None,
+    ):
         self._config = config
         self._pool = pool
         self._owns_pool = owns_pool
+        self._stats = stats if stats is not None else EpochRecorder(0, {})
+        if pool.receiver is not None:
+            receiver = pool.receiver
+            self._stats.watch_bytes(lambda: receiver.bytes_received)
         self._state = _State.CLOSED  # until the subclass has started the epoch
         self._lock = threading.Lock()
         self._deadline: float | None = None
@@ -91,6 +102,8 @@ class _BaseIter:
             receiver.collect()  # the slots of batches the user has let go, for the workers
         try:
             result = self._next_result()
+        except _fork_guard.ParkRequested:
+            raise  # a pin-memory thread steps aside for a fork; the epoch goes on
         except BaseException:
             self._leave(_State.FAILED)
             raise
@@ -135,15 +148,17 @@ class _BaseIter:
         except BaseException:
             self._leave(_State.FAILED)
             raise
-        self.log.append(self._log_entry(result))
+        self.log.append(self._log_entry(result, indices))
         return batch
 
-    def _log_entry(self, result: Result) -> Any:
+    def _log_entry(self, result: Result, indices: Any) -> Any:
         """What the epoch's bookkeeping needs of a batch handed on (see ``_epoch.Epoch``)."""
         raise NotImplementedError
 
     def _check(self) -> None:
-        """Called on every idle poll: are the workers alive, has time run out?"""
+        """Called on every idle poll: are the workers alive, has time run out, must we park?"""
+        if _fork_guard.park_requested():
+            raise _fork_guard.ParkRequested  # nothing taken yet: the next call goes on from here
         self._pool.check_alive()
         if self._deadline is not None and time.monotonic() > self._deadline:
             seconds = self._config.timeout_s
@@ -181,6 +196,15 @@ class _BaseIter:
         """Stops the epoch early and releases everything; idempotent."""
         self._leave(_State.CLOSED)
 
+    @property
+    def _workers(self) -> list[Any]:
+        """torch's attribute: the worker processes (threads), indexed by worker id.
+
+        Private in torch, but torch's own tests and user code that checks
+        worker pids read it; each has ``pid`` (threads: ``ident``) and ``is_alive()``.
+        """
+        return self._pool.workers
+
     def adopt_pool(self) -> bool:
         """Takes over a persistent pool whose loader is gone: closes it when the epoch ends.
 
@@ -197,47 +221,6 @@ class _BaseIter:
             self.close()
 
 
-class _Inbox:
-    """Where the pool's result thread leaves results for one iterator.
-
-    The callbacks hold the inbox, not the iterator, so an abandoned iterator
-    is collected (and closes its pool) in the user's thread, never in the
-    pool's own result thread. Once closed, late results are released at once.
-    """
-
-    def __init__(self, receiver: _shm.Receiver | None):
-        self._receiver = receiver
-        self._lock = threading.Lock()
-        self._open = True
-        self._queue: queue.SimpleQueue[Result] = queue.SimpleQueue()
-
-    def put(self, result: Result) -> None:
-        with self._lock:
-            if self._open:
-                self._queue.put(result)
-                return
-        if self._receiver is not None and result.status is Status.OK:
-            self._receiver.release(result.payload)
-
-    def put_error(self, batch_id: int, exc: BaseException) -> None:
-        """The pool could not deliver a result (for example, it failed to pickle)."""
-        self.put(Result(batch_id, -1, Status.ERROR, _RemoteError.capture(exc)))
-
-    def get(self, timeout_s: float) -> Result:
-        return self._queue.get(timeout=timeout_s)
-
-    def close(self) -> list[Result]:
-        """Stops accepting results; returns those not yet taken."""
-        with self._lock:
-            self._open = False
-        pending = []
-        while True:
-            try:
-                pending.append(self._queue.get_nowait())
-            except queue.Empty:
-                return pending
-
-
 class MultiWorkerIter(_BaseIter):
     """One epoch of a map-style dataset: index lists out, batches back in order."""
 
@@ -251,13 +234,14 @@ class MultiWorkerIter(_BaseIter):
         epoch_seed: int | None = None,
         skip: int = 0,
         done: frozenset[int] = frozenset(),
+        stats: EpochRecorder | None = None,
     ):
-        super().__init__(config, pool, owns_pool=owns_pool)
+        super().__init__(config, pool, owns_pool=owns_pool, stats=stats)
         self._epoch_seed = epoch_seed
         # (batch id, indices), without the batches a resumed epoch had delivered already
         self._batches = number_batches(batches, skip, done)
-        self._batches_done = False
-        self._inbox = _Inbox(pool.receiver)
+        self._unsent: tuple[int, Any] | None = None  # drawn, but no worker could take it yet
+        self._pool_epoch = pool.begin_epoch()  # results of an earlier epoch are dropped
         self._in_flight: dict[int, Any] = {}  # batch id -> indices: sent, not yet back
         self._reorder: dict[int, tuple[Result, Any]] = {}  # back, not yet handed out
         self._sent_order: deque[int] = deque()  # ids in the order sent: the in-order sequence
@@ -265,30 +249,33 @@ class MultiWorkerIter(_BaseIter):
         self._begin(self._fill)
 
     def _fill(self) -> None:
-        while (
-            not self._batches_done
-            and len(self._in_flight) + len(self._reorder) < self._config.max_in_flight
-        ):
-            try:
-                batch_id, indices = next(self._batches)
-            except StopIteration:
-                self._batches_done = True
-                return
+        """Sends index lists while the prefetch window has room and a worker can take one."""
+        while len(self._in_flight) + len(self._reorder) < self._config.max_in_flight:
+            if self._unsent is None:
+                try:
+                    self._unsent = next(self._batches)
+                except StopIteration:
+                    return
+            batch_id, indices = self._unsent
+            seed = None if self._epoch_seed is None else batch_seed(self._epoch_seed, batch_id)
+            if not self._pool.submit(Task(batch_id, indices, seed, self._pool_epoch)):
+                return  # every worker's channel is full (huge index lists): sent on a later call
+            self._unsent = None
             self._sent_order.append(batch_id)
             self._in_flight[batch_id] = indices
-            on_error = functools.partial(self._inbox.put_error, batch_id)
-            seed = None if self._epoch_seed is None else batch_seed(self._epoch_seed, batch_id)
-            self._pool.submit(Task(batch_id, indices, seed), self._inbox.put, on_error)
 
     def _next_result(self) -> tuple[Result, Any] | None:
+        self._stats.ready(len(self._reorder) + self._pool.waiting)
         while True:
             ready = self._pop_ready()
             if ready is not None:
                 self._fill()
                 return ready
-            if not self._in_flight:
+            if not self._in_flight and self._unsent is None:
                 return None
             self._receive()
+            if self._unsent is not None:
+                self._fill()  # a worker may have room again (an earlier epoch's task came back)
 
     def _pop_ready(self) -> tuple[Result, Any] | None:
         if self._config.in_order:
@@ -298,14 +285,15 @@ class MultiWorkerIter(_BaseIter):
         return self._reorder.pop(min(self._reorder)) if self._reorder else None
 
     def _receive(self) -> None:
-        try:
-            result = self._inbox.get(_POLL_INTERVAL_S)
-        except queue.Empty:
+        result = self._pool.receive(_POLL_INTERVAL_S)
+        if result is None:
             self._check()
             return
+        self._stats.produced(result.busy_s, result.cpu_s)
         self._reorder[result.batch_id] = (result, self._in_flight.pop(result.batch_id))
 
-    def _log_entry(self, result: Result) -> int:
+    def _log_entry(self, result: Result, indices: Any) -> int:
+        self._stats.samples += len(indices) if isinstance(indices, list) else 1
         return result.batch_id
 
     def _waiting_for(self) -> str:
@@ -316,9 +304,10 @@ class MultiWorkerIter(_BaseIter):
         return f"any of batches {sorted(self._in_flight)}"
 
     def _take_pending(self) -> list[Result]:
+        # Results still in flight are dropped by the pool when they come (their epoch is over).
         pending = [result for result, _ in self._reorder.values()]
         self._reorder.clear()
-        return pending + self._inbox.close()
+        return pending
 
 
 class StreamingIter(_BaseIter):
@@ -341,8 +330,10 @@ class StreamingIter(_BaseIter):
         shared_seed: int | None = None,
         resume_states: dict[int, Any] | None = None,
         first_worker: int = 0,
+        stats: EpochRecorder | None = None,
     ):
-        super().__init__(config, pool, owns_pool=owns_pool)
+        super().__init__(config, pool, owns_pool=owns_pool, stats=stats)
+        self._config_batch_size = pool.spec.batch_size or 1  # samples a batch (the last: fewer)
         self._shared_seed = shared_seed  # the epoch's seed for a datapipe's shufflers
         self._resume_states = resume_states  # per worker: a stateful dataset's saved state
         if pool.setup.streams is None:
@@ -400,9 +391,12 @@ class StreamingIter(_BaseIter):
         if result.epoch != self._epoch:
             self._pool.release(result)
             return None
+        if result.status is Status.OK:
+            self._stats.produced(result.busy_s, result.cpu_s)
         return result
 
-    def _log_entry(self, result: Result) -> tuple[int, Any]:
+    def _log_entry(self, result: Result, indices: Any) -> tuple[int, Any]:
+        self._stats.samples += self._config_batch_size
         return result.worker_id, result.state
 
     def _waiting_for(self) -> str:

@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 
+from . import _fork_guard
 from ._nested import has_method, map_batch
 
 __all__ = [
@@ -223,17 +224,6 @@ class _State(enum.Enum):
     CLOSED = enum.auto()
 
 
-def _put(out: queue.Queue[_Msg], msg: _Msg, stop: threading.Event) -> bool:
-    """Put ``msg``, polling so a stop is noticed; False if stopped before it fitted."""
-    while not stop.is_set():
-        try:
-            out.put(msg, timeout=_POLL_INTERVAL_S)
-            return True
-        except queue.Full:
-            continue
-    return False
-
-
 def _pin_fn_error(error: BaseException, index: int) -> BaseException:
     """Name the batch on an error from pin_fn; a StopIteration must not end the epoch silently."""
     if isinstance(error, StopIteration):  # as PEP 479 does for generators
@@ -244,38 +234,85 @@ def _pin_fn_error(error: BaseException, index: int) -> BaseException:
     return error
 
 
-def _pin_loop(
-    source: Iterator[Any],
-    pin_fn: Callable[[Any], Any],
-    out: queue.Queue[_Msg],
-    stop: threading.Event,
-) -> None:
-    """The thread's body: next(source), pin, put, until END or stop.
+class _Runner:
+    """The pin-memory thread and what it needs; it parks while the loader forks.
 
-    It holds no reference to the iterator object, so that object can be
-    garbage collected (and its finalizer stop this thread) while it runs.
+    The thread holds no reference to the :class:`PinMemoryIter`, so that
+    object can be garbage collected (and its finalizer stop this thread)
+    while it runs. Parking (see ``_fork_guard``): at a safe point the thread
+    keeps the message it holds (``carry``) and the batch number it is at,
+    and exits; :meth:`resume` starts a new thread that goes on from there.
     """
-    for index in itertools.count():
-        if stop.is_set():
+
+    def __init__(
+        self, source: Iterator[Any], pin_fn: Callable[[Any], Any], out: queue.Queue[_Msg]
+    ) -> None:
+        self.source, self.pin_fn, self.out = source, pin_fn, out
+        self.stop = threading.Event()
+        self.name = f"{_THREAD_NAME_PREFIX}-{next(_thread_ids)}"
+        self.carry: _Msg | None = None  # a message made but not yet queued when it parked
+        self.index = 0  # the number of the next batch it takes from the source
+        self.parking = _fork_guard.Parking()
+        self.thread = self._new_thread()
+
+    def _new_thread(self) -> threading.Thread:
+        return threading.Thread(target=self._run, name=self.name, daemon=True)
+
+    def _put(self, msg: _Msg) -> bool:
+        """Queue ``msg``, polling for a stop or a park; False if either came first."""
+        while not self.stop.is_set():
+            if self.parking.now():
+                self.carry = msg
+                return False
+            try:
+                self.out.put(msg, timeout=_POLL_INTERVAL_S)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self) -> None:
+        """The thread's body: next(source), pin, put, until END, stop or park."""
+        _fork_guard.mark_parkable()
+        carry, self.carry = self.carry, None
+        if carry is not None and not self._put(carry):
             return
-        try:
-            batch = next(source)
-        except StopIteration:
-            _put(out, _Msg(_MsgKind.END), stop)
-            return
-        except BaseException as error:  # everything reaches the consumer, as in one thread
-            # As in torch, the error is that batch's and the source may go on; one
-            # that has ended says so at the next call (StopIteration: END).
-            if not _put(out, _Msg(_MsgKind.ERROR, error), stop):
+        while not self.stop.is_set() and not self.parking.now():
+            try:
+                batch = next(self.source)
+            except _fork_guard.ParkRequested:
+                continue  # the source came back from its wait: park at the loop's test
+            except StopIteration:
+                self._put(_Msg(_MsgKind.END))
                 return
-            continue
-        try:
-            msg = _Msg(_MsgKind.BATCH, pin_fn(batch))
-        except BaseException as error:
-            msg = _Msg(_MsgKind.ERROR, _pin_fn_error(error, index))
-        del batch
-        if not _put(out, msg, stop):
+            except BaseException as error:  # everything reaches the consumer, as in one thread
+                # As in torch, the error is that batch's and the source may go on; one
+                # that has ended says so at the next call (StopIteration: END).
+                self.index += 1
+                if not self._put(_Msg(_MsgKind.ERROR, error)):
+                    return
+                continue
+            try:
+                msg = _Msg(_MsgKind.BATCH, self.pin_fn(batch))
+            except BaseException as error:
+                msg = _Msg(_MsgKind.ERROR, _pin_fn_error(error, self.index))
+            del batch
+            self.index += 1
+            if not self._put(msg):
+                return
+
+    def park(self, timeout_s: float) -> None:
+        """Waits until the thread has parked (or ended), at most ``timeout_s``."""
+        if self.thread is not threading.current_thread():
+            self.thread.join(timeout_s)
+
+    def resume(self) -> None:
+        """Starts the thread again where it parked; nothing if it did not park."""
+        if not self.parking.unpark() or self.stop.is_set():
             return
+        self.thread.join()  # it has decided to park: it returns at once
+        self.thread = self._new_thread()
+        self.thread.start()
 
 
 def _drain(out: queue.Queue[_Msg]) -> None:
@@ -287,39 +324,36 @@ def _drain(out: queue.Queue[_Msg]) -> None:
             return
 
 
-def _stop_thread(thread: threading.Thread, stop: threading.Event, out: queue.Queue[_Msg]) -> bool:
+def _stop_thread(runner: _Runner) -> bool:
     """Set the stop flag, drain, join with a timeout; True if the thread is gone."""
-    stop.set()
-    _drain(out)  # unblocks a put() waiting on a full queue
-    thread.join(_JOIN_TIMEOUT_S)
-    _drain(out)
-    return not thread.is_alive()
+    runner.stop.set()
+    _drain(runner.out)  # unblocks a put() waiting on a full queue
+    runner.thread.join(_JOIN_TIMEOUT_S)
+    _drain(runner.out)
+    runner.carry = None
+    return not runner.thread.is_alive()
 
 
-def _shutdown(
-    thread: threading.Thread, stop: threading.Event, out: queue.Queue[_Msg], source: Iterator[Any]
-) -> None:
+def _shutdown(runner: _Runner) -> None:
     """The ordered shutdown: stop our thread, then close the source (its worker pool)."""
+    thread = runner.thread
     if thread is threading.current_thread():
         # The garbage collector ran the finalizer on the pin thread, perhaps in the
         # middle of source code holding a lock that source.close() takes: finish
         # from a fresh thread instead, which ends once this one has.
-        stop.set()
+        runner.stop.set()
         threading.Thread(
-            target=_shutdown,
-            args=(thread, stop, out, source),
-            name=f"{thread.name}-shutdown",
-            daemon=True,
+            target=_shutdown, args=(runner,), name=f"{thread.name}-shutdown", daemon=True
         ).start()
         return
-    stopped = _stop_thread(thread, stop, out)
+    stopped = _stop_thread(runner)
     if not stopped:
         logger.debug(
             "%s is still inside the source after %.1fs; closing the source",
             thread.name,
             _JOIN_TIMEOUT_S,
         )
-    close_source = getattr(source, "close", None)
+    close_source = getattr(runner.source, "close", None)
     try:
         if callable(close_source):
             close_source()
@@ -374,18 +408,11 @@ class PinMemoryIter(Iterator[Any]):
         self._source = iter(source)
         self._queue_depth = queue_depth
         self._queue: queue.Queue[_Msg] = queue.Queue(maxsize=queue_depth)
-        self._stop = threading.Event()
         self._state = _State.RUNNING
-        self._thread = threading.Thread(
-            target=_pin_loop,
-            args=(self._source, pin_fn, self._queue, self._stop),
-            name=f"{_THREAD_NAME_PREFIX}-{next(_thread_ids)}",
-            daemon=True,
-        )
-        self._finalizer = weakref.finalize(
-            self, _shutdown, self._thread, self._stop, self._queue, self._source
-        )
-        self._thread.start()
+        self._runner = _Runner(self._source, pin_fn, self._queue)
+        self._finalizer = weakref.finalize(self, _shutdown, self._runner)
+        _fork_guard.register(self._runner)
+        self._runner.thread.start()
 
     def __iter__(self) -> PinMemoryIter:
         return self
@@ -409,26 +436,27 @@ class PinMemoryIter(Iterator[Any]):
 
     def _get(self) -> _Msg:
         """Wait for the thread's next message, polling the stop flag and the thread's life."""
+        runner = self._runner
         while True:
             try:
                 return self._queue.get(timeout=_POLL_INTERVAL_S)
             except queue.Empty:
                 pass
-            if self._stop.is_set():  # closed from another thread while we waited
+            if runner.stop.is_set():  # closed from another thread while we waited
                 raise StopIteration
-            if not self._thread.is_alive():
+            if not runner.thread.is_alive() and not runner.parking.parked:
                 try:
                     return self._queue.get_nowait()  # it may have put its last message and exited
                 except queue.Empty:
                     raise RuntimeError(
-                        f"[INTERNAL ERROR] batchloader: {self._thread.name} exited without sending "
+                        f"[INTERNAL ERROR] batchloader: {runner.name} exited without sending "
                         "END or ERROR; please report this bug"
                     ) from None
 
     def _finish(self, state: _State) -> None:
         """RUNNING -> EXHAUSTED: the thread has sent its last message; join it."""
         self._state = state
-        _stop_thread(self._thread, self._stop, self._queue)
+        _stop_thread(self._runner)
 
     def close(self) -> None:
         """Stop the thread and close the source; safe to call more than once."""
@@ -440,8 +468,13 @@ class PinMemoryIter(Iterator[Any]):
         adopt = getattr(self._source, "adopt_pool", None)
         return bool(adopt()) if adopt is not None else False
 
+    @property
+    def _workers(self) -> list[Any]:
+        """torch's attribute: the source's worker processes, if it has any."""
+        return list(getattr(self._source, "_workers", []))
+
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(state={self._state.name}, queue_depth={self._queue_depth}, "
-            f"thread={self._thread.name!r})"
+            f"thread={self._runner.name!r})"
         )

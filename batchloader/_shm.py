@@ -420,6 +420,7 @@ class Receiver:
         # id(weak reference) -> (the reference, kept alive so it calls back; its slot)
         self._views: dict[int, tuple[weakref.ref[np.ndarray], int]] = {}
         self._dead: list[weakref.ref[np.ndarray]] = []
+        self.bytes_received = 0  # the arrays' bytes of every batch unpacked (statistics)
 
     def collect(self) -> None:
         """Frees the slots whose batches the user no longer holds."""
@@ -434,9 +435,11 @@ class Receiver:
 
     def _unpack_leaf(self, obj: Any) -> Any:
         if isinstance(obj, _InlineArray):
+            self.bytes_received += obj.array.nbytes
             return torch.from_numpy(obj.array)
         if not isinstance(obj, _ShmArray):
             return obj
+        self.bytes_received += obj.nbytes
         raw = self._bytes(obj)
         if obj.kind == "numpy":
             return np.asarray(raw.view(np.dtype(obj.dtype)).reshape(obj.shape))

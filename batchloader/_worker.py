@@ -1,17 +1,24 @@
-"""Everything that runs inside a worker (a pool process or a pool thread).
+"""Everything that runs inside a worker (a process or a thread of the pool).
 
-The pool initializer receives one :class:`WorkerSetup` and keeps it, with the
-worker's id and info, in a per-worker :class:`_WorkerState` (a thread-local,
-which for a process worker is simply the process's own). A task then carries
-only ``(batch_id, indices)``.
+A worker starts with one :class:`WorkerSetup` and its id, sets itself up once
+(:func:`init_process_worker`, :func:`init_thread_worker`) and keeps both, with
+its info, in a per-worker :class:`_WorkerState` (a thread-local, which for a
+process worker is simply the process's own). Then it serves one message at a
+time from its own task channel (a pipe, or a queue for a thread) until it is
+told to stop or the channel closes; a task carries only ``(batch_id,
+indices)``.
 
 Wire protocol::
 
-    main ── Task(batch_id, indices) ──► worker          (map-style datasets)
-    main ◄── Result(batch_id, worker_id, status, payload) ── worker
+    main ── Task(batch_id, indices, seed, epoch) ──► worker k      (map-style)
+    main ◄── Result(batch_id, k, OK | ERROR | FATAL, payload, epoch) ── worker k
 
-    worker ── Result(...OK...) * n, Result(...EXHAUSTED) ──► its stream queue
-                                                          (iterable datasets)
+    main ── StreamStart(epoch, shared_seed, resume_states) ──► worker k  (iterable)
+    worker k ── Result(n, k, OK | ERROR, ...) * n, Result(EXHAUSTED) ──► k's stream queue
+    main ◄── Result(-1, k, STREAM_ENDED, epoch) ── worker k: ready for the next message
+
+    main ── Command.STOP ──► worker k: it exits (0); a process still busy after a
+                              short grace is killed
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import enum
+import gc
 import itertools
 import multiprocessing.util
 import os
@@ -27,42 +35,48 @@ import signal
 import sys
 import threading
 import time
-import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from multiprocessing.reduction import ForkingPickler
 from typing import Any
 
 import numpy as np
 import torch
 
-from . import _datapipes, _seeding, _shm
+from . import _datapipes, _fork_guard, _seeding, _shm
 from ._batch_dataset import check_batch
 from ._config import FetchMode, FetchSpec
 from ._errors import _RemoteError
 
 __all__ = [
+    "Command",
     "Result",
     "Status",
+    "StreamStart",
     "Task",
     "WorkerSetup",
     "fetch_batch",
+    "forking_workers",
     "get_worker_info",
     "init_process_worker",
     "init_thread_worker",
     "next_iterable_batch",
     "number_batches",
     "run_task",
+    "serve_process",
+    "serve_thread",
     "stream_shard",
 ]
 
 # How long a streaming worker waits on a full queue before checking the stop flag.
 _PUT_POLL_S = 0.1
-# How long a streaming worker waits for its siblings to each take one stream task.
-_BARRIER_TIMEOUT_S = 120.0
 # How often a process worker checks that the main process is still alive.
 _PARENT_POLL_S = 0.2
 # How long a worker that ends by itself waits to learn whether the main process died.
 _REPARENT_WAIT_S = 1.0
+# How often an idle thread worker checks whether a fork waits for it to park.
+_PARK_POLL_S = 0.1
 
 
 class Status(enum.Enum):
@@ -72,6 +86,13 @@ class Status(enum.Enum):
     ERROR = "error"  # payload: a _RemoteError; this batch failed, the epoch goes on
     FATAL = "fatal"  # payload: a _RemoteError; the worker could not start, the epoch ends
     EXHAUSTED = "exhausted"  # an iterable worker's shard is done; no payload
+    STREAM_ENDED = "stream_ended"  # the worker's stream task has returned; it takes messages again
+
+
+class Command(enum.Enum):
+    """A message to a worker that is not work."""
+
+    STOP = "stop"  # leave the serving loop; a process worker then exits with status 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,10 +102,20 @@ class Task:
     batch_id: int
     indices: Any
     seed: int | None = None  # process workers reseed their global RNGs with it first
+    epoch: int = 0  # the pool's epoch: a result of an abandoned epoch is told apart and dropped
 
     def __reduce__(self) -> tuple[Any, ...]:
         # Positional rebuild: several times cheaper than a frozen dataclass's setstate.
-        return (Task, (self.batch_id, self.indices, self.seed))
+        return (Task, (self.batch_id, self.indices, self.seed, self.epoch))
+
+
+@dataclass(frozen=True, slots=True)
+class StreamStart:
+    """Stream this worker's copy of an iterable dataset into its queue, for one epoch."""
+
+    epoch: int
+    shared_seed: int | None = None  # the epoch's seed for a datapipe's shufflers
+    resume_states: dict[int, Any] | None = None  # per worker: a stateful dataset's saved state
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,29 +126,38 @@ class Result:
     worker_id: int
     status: Status
     payload: Any = None
-    epoch: int = 0  # for streams: results of an abandoned epoch are told apart and dropped
+    epoch: int = 0  # the pool's (or the stream's) epoch: an abandoned epoch's results are dropped
     state: Any = None  # for streams of a stateful dataset: its state_dict() after this batch
+    busy_s: float = 0.0  # the worker's time making this batch (for the loader's statistics)
+    cpu_s: float = 0.0  # the CPU time of that
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (
             Result,
-            (self.batch_id, self.worker_id, self.status, self.payload, self.epoch, self.state),
+            (
+                self.batch_id,
+                self.worker_id,
+                self.status,
+                self.payload,
+                self.epoch,
+                self.state,
+                self.busy_s,
+                self.cpu_s,
+            ),
         )
 
 
 @dataclass(frozen=True, slots=True)
 class WorkerSetup:
-    """What every worker receives once, in the pool initializer."""
+    """What every worker receives once, when it starts."""
 
     spec: FetchSpec
-    num_workers: int
+    num_workers: int  # the pool's size when this worker started (WorkerInfo.num_workers)
     base_seed: int
     shm_prefix: str | None  # None: results are not moved to shared memory (threads)
-    id_source: Any  # a multiprocessing Value for processes, an itertools.count for threads
     streams: list[Any] | None = None  # per-worker result queues (iterable datasets)
     leases: Any = None  # shared lease bytes of the workers' reusable segments
     names: Any = None  # the shared table of every segment name the workers made
-    barrier: Any = None  # lets each stream task land on a distinct worker
     stop: Any = None  # an Event: stop streaming (early end of an epoch)
 
 
@@ -253,8 +293,6 @@ def _forget_parent_signal_handlers() -> None:
 
 
 _forking = threading.local()
-# The threads of our pools that fork replacement workers (Pool's worker handler).
-_respawning_threads: weakref.WeakSet[threading.Thread] = weakref.WeakSet()
 
 
 @contextlib.contextmanager
@@ -272,13 +310,8 @@ def forking_workers() -> Iterator[None]:
         _forking.active = False
 
 
-def forks_workers(thread: threading.Thread) -> None:
-    """Marks every fork ``thread`` makes as a worker (a pool's worker-replacing thread)."""
-    _respawning_threads.add(thread)
-
-
 def _after_fork_in_child() -> None:
-    if getattr(_forking, "active", False) or threading.current_thread() in _respawning_threads:
+    if getattr(_forking, "active", False):
         _forking.active = False
         _forget_parent_signal_handlers()
 
@@ -287,23 +320,117 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def init_process_worker(setup: WorkerSetup) -> None:
-    """Pool initializer for process workers."""
+def init_process_worker(setup: WorkerSetup, worker_id: int) -> None:
+    """Sets up a worker process, once, before it serves its first message."""
+    # Everything alive now (a forked worker: all the parent's objects) leaves the
+    # collector's care, so a collection never walks them: walking writes to each
+    # object's header, and that alone would copy every page of a big dataset.
+    gc.freeze()
     _forget_parent_signal_handlers()
     _die_with_parent(setup.names)
     _keep_freed_memory()
     torch.set_num_threads(1)
-    with setup.id_source.get_lock():
-        worker_id = setup.id_source.value
-        setup.id_source.value += 1
     if setup.shm_prefix is not None:
         _shm.enable_worker_allocation(setup.shm_prefix, setup.leases, worker_id, setup.names)
     _start(setup, worker_id, is_process=True)
 
 
-def init_thread_worker(setup: WorkerSetup) -> None:
-    """Pool initializer for thread workers: same dataset object, no pickling."""
-    _start(setup, next(setup.id_source), is_process=False)
+def init_thread_worker(setup: WorkerSetup, worker_id: int) -> None:
+    """Sets up a thread worker: the same dataset object, no pickling."""
+    _start(setup, worker_id, is_process=False)
+
+
+def _serve(receive: Callable[[], Any], send: Callable[[Result], None]) -> bool:
+    """The worker's loop: one message at a time; True at STOP, False when the channel closed."""
+    state: _WorkerState = _local.state
+    while True:
+        try:
+            message = receive()
+        except (EOFError, OSError):  # the main process closed the pool, or is gone
+            return False
+        match message:
+            case Task():
+                send(run_task(message))
+            case StreamStart():
+                stream_shard(message.epoch, message.shared_seed, message.resume_states)
+                send(Result(-1, state.worker_id, Status.STREAM_ENDED, None, message.epoch))
+            case Command.STOP:
+                return True
+            case _:
+                raise RuntimeError(f"[INTERNAL ERROR] a worker got the message {message!r}")
+
+
+def _pipe_sender(results: Connection) -> Callable[[Result], None]:
+    """Sends results over ``results``; a batch that cannot be pickled is sent as its error."""
+
+    def send(result: Result) -> None:
+        try:
+            data = ForkingPickler.dumps(result)
+        except Exception as e:
+            if result.status is Status.OK:
+                _shm.release(result.payload, _local.state.setup.leases)
+            # worker id -1: the batch was made, and failed on its way to the main process
+            error = Result(result.batch_id, -1, Status.ERROR, _RemoteError.capture(e), result.epoch)
+            data = ForkingPickler.dumps(error)
+        results.send_bytes(data)
+
+    return send
+
+
+def serve_process(
+    setup: WorkerSetup, worker_id: int, tasks: Connection, results: Connection
+) -> None:
+    """A worker process's whole life: set up, then serve its task pipe."""
+    init_process_worker(setup, worker_id)
+    try:
+        stopped = _serve(tasks.recv, _pipe_sender(results))
+    except BrokenPipeError:  # the main process closed the pool while a result was on its way
+        return
+    if stopped:
+        # Told to stop: exit 0 at once, as torch's workers do. Skipped: waiting to learn
+        # whether the parent died (it did not) and flushing stream queues nobody reads.
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        os._exit(0)
+
+
+class _Parked(Exception):
+    """A thread worker leaves its loop to park while the loader forks (see ``_fork_guard``)."""
+
+
+def serve_thread(
+    setup: WorkerSetup,
+    worker_id: int,
+    tasks: queue.SimpleQueue[Any],
+    results: Any,
+    member: Any,
+) -> None:
+    """A thread worker's life: set up once, then serve its task queue, parking between tasks.
+
+    ``member`` is the pool's record of this worker: its ``parking`` decides,
+    and its ``state`` keeps the worker's state for the thread that resumes it.
+    """
+    if member.state is None:
+        init_thread_worker(setup, worker_id)
+        member.state = _local.state
+    else:
+        _local.state = member.state
+    _fork_guard.mark_parkable()
+
+    def receive() -> Any:
+        while True:
+            if member.parking.now():
+                raise _Parked
+            try:
+                return tasks.get(timeout=_PARK_POLL_S)
+            except queue.Empty:
+                continue
+
+    try:
+        _serve(receive, results.put)
+    except _Parked:
+        return
 
 
 def fetch_batch(spec: FetchSpec, indices: Any) -> Any:
@@ -374,16 +501,20 @@ def _outgoing(state: _WorkerState, batch: Any) -> Any:
 def run_task(task: Task) -> Result:
     """The pool's task function: one index list in, one result out, never raises."""
     state: _WorkerState = _local.state
+    wid, epoch = state.worker_id, task.epoch
     if state.init_error is not None:
-        return Result(task.batch_id, state.worker_id, Status.FATAL, state.init_error)
+        return Result(task.batch_id, wid, Status.FATAL, state.init_error, epoch)
+    started, cpu = time.perf_counter(), time.thread_time()
     try:
         if state.is_process and task.seed is not None:
             _seeding.reseed_for_batch(task.seed, state.reseeding)
         batch = fetch_batch(state.setup.spec, task.indices)
-        return Result(task.batch_id, state.worker_id, Status.OK, _outgoing(state, batch))
+        payload = _outgoing(state, batch)
     except Exception as e:
         _shm.abandon()
-        return Result(task.batch_id, state.worker_id, Status.ERROR, _RemoteError.capture(e))
+        return Result(task.batch_id, wid, Status.ERROR, _RemoteError.capture(e), epoch)
+    busy, cpu = time.perf_counter() - started, time.thread_time() - cpu
+    return Result(task.batch_id, wid, Status.OK, payload, epoch, None, busy, cpu)
 
 
 def _put(state: _WorkerState, result: Result) -> bool:
@@ -413,17 +544,9 @@ def _stateful(dataset: Any) -> bool:
 def stream_shard(
     epoch: int, shared_seed: int | None = None, resume_states: dict[int, Any] | None = None
 ) -> None:
-    """Streams this worker's copy of an iterable dataset into its queue.
-
-    One such task per worker per epoch. The barrier makes each land on a
-    distinct worker: a worker whose shard ends at once must not take a second.
-    """
+    """Streams this worker's copy of an iterable dataset into its queue, for one epoch."""
     state: _WorkerState = _local.state
     setup = state.setup
-    try:
-        setup.barrier.wait(timeout=_BARRIER_TIMEOUT_S)
-    except threading.BrokenBarrierError:
-        return
     wid = state.worker_id
     if state.init_error is not None:
         _put(state, Result(-1, wid, Status.FATAL, state.init_error, epoch))
@@ -442,6 +565,7 @@ def stream_shard(
         return
     take = getattr(iterator, "take", None)  # a generator shared by thread workers
     for n in itertools.count():
+        started, cpu = time.perf_counter(), time.thread_time()
         try:
             if take is None:
                 batch = next_iterable_batch(setup.spec, iterator)
@@ -456,6 +580,8 @@ def stream_shard(
             outgoing = Result(n, wid, Status.ERROR, _RemoteError.capture(e), epoch)
         else:
             after = dataset.state_dict() if stateful else None
-            outgoing = Result(n, wid, Status.OK, _outgoing(state, batch), epoch, after)
+            payload = _outgoing(state, batch)
+            busy, cpu = time.perf_counter() - started, time.thread_time() - cpu
+            outgoing = Result(n, wid, Status.OK, payload, epoch, after, busy, cpu)
         if not _put(state, outgoing):
             return

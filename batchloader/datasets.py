@@ -124,10 +124,10 @@ class ArrayDataset(Dataset[Any]):
         xb, yb = ds.get_batch([0, 5, 9])  # ndarray shape (3, 3), tensor([0, 5, 9])
     """
 
-    _always_tuple = False
+    _always_tuple = False  # TensorDataset: a sample is always a tuple, errors in torch's words
 
     def __init__(self, *arrays: Array) -> None:
-        self._arrays = _validate_arrays(type(self).__name__, arrays)
+        self._arrays = _validate_arrays(type(self).__name__, arrays, torch_words=self._always_tuple)
         self._length = len(self._arrays[0])
         self._single = len(self._arrays) == 1 and not self._always_tuple
         # NumPy views of CPU tensors: np.take gathers a small batch several times
@@ -235,7 +235,9 @@ class TensorDataset(ArrayDataset):
         return self._arrays
 
 
-def _validate_arrays(owner: str, arrays: tuple[Any, ...]) -> tuple[Array, ...]:
+def _validate_arrays(
+    owner: str, arrays: tuple[Any, ...], *, torch_words: bool = False
+) -> tuple[Array, ...]:
     if not arrays:
         raise ValueError(f"{owner}() needs at least one array; got none")
     for position, array in enumerate(arrays):
@@ -251,6 +253,12 @@ def _validate_arrays(owner: str, arrays: tuple[Any, ...]) -> tuple[Array, ...]:
             )
     lengths = [len(array) for array in arrays]
     if len(set(lengths)) > 1:
+        if torch_words:
+            # torch's type and words, which code and tests written against torch catch
+            raise AssertionError(
+                f"Size mismatch between tensors: every tensor needs the same first "
+                f"dimension; got lengths {lengths}"
+            )
         raise ValueError(
             f"{owner} arrays must all have the same length (first dimension); got lengths {lengths}"
         )

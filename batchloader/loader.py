@@ -24,7 +24,7 @@ from torch.utils.data import IterableDataset as _TorchIterableDataset
 from torch.utils.data.dataloader import _DatasetKind, _InfiniteConstantSampler
 
 from . import _arguments as args
-from . import _datapipes, _resume, _seeding
+from . import _datapipes, _resume, _seeding, _worker_memory
 from ._batch_dataset import batch_dataset_options, is_batch_dataset
 from ._batch_sampler import resolve_last_batch
 from ._config import FetchMode, FetchSpec, LoaderConfig, WorkerKind
@@ -44,6 +44,7 @@ from ._generators import (
 from ._multiworker import MultiWorkerIter, StreamingIter
 from ._pin_memory import PinMemoryIter, make_pin_fn
 from ._pool import WorkerPool
+from ._stats import EpochRecorder, LoaderStats
 from ._typing import LastBatch, T_co
 from .collate import default_collate, default_convert
 from .samplers import BatchSampler, DistributedSampler, RandomSampler, SequentialSampler
@@ -56,6 +57,18 @@ _TORCH_MP_CONTEXT: property = vars(_TorchDataLoader)["multiprocessing_context"]
 _PIN_QUEUE_DEPTH = 2
 # A setting fixed at construction beyond torch's own list (Gluon's: it is in the sampler).
 _FROZEN_EXTRAS = frozenset(("last_batch",))
+
+
+def _default_context() -> multiprocessing.context.BaseContext:
+    """The start method the program set (``multiprocessing.set_start_method``), else fork.
+
+    As torch: a program that set ``spawn`` or ``forkserver`` (because fork breaks
+    it: CUDA already initialised, libraries holding threads) gets its workers
+    started that way. Otherwise batchloader forks, whatever Python's own default
+    (``forkserver`` from Python 3.14): workers start in milliseconds and need
+    nothing pickled, and no thread of the pool runs while it forks.
+    """
+    return multiprocessing.get_context(multiprocessing.get_start_method(allow_none=True) or "fork")
 
 
 def _no_iterator() -> None:
@@ -119,6 +132,12 @@ class DataLoader(_resume.Resumable, _TorchDataLoader[T_co]):
                 ...
         loader.close()  # or use ``with DataLoader(...) as loader:``
 
+    ``share_dataset=True`` gives worker processes one shared, read-only copy
+    of the dataset's large Python containers (lists, tuples, dicts of plain
+    objects) instead of letting each worker copy what it reads (see
+    docs/memory.md); without it the loader warns, once, when such a dataset
+    goes to process workers.
+
     Trap: with ``persistent_workers=False`` (torch's default) each epoch starts
     fresh workers; with ``True`` they live until :meth:`close`.
     """
@@ -149,10 +168,11 @@ class DataLoader(_resume.Resumable, _TorchDataLoader[T_co]):
         in_order: bool = True,
         last_batch: str | None = None,
         thread_pool: bool = False,
+        share_dataset: bool = False,
         snapshot_every_n_steps: int | None = None,
     ):
         args.check_dataset(dataset)
-        args.check_flags(thread_pool=thread_pool, in_order=in_order)
+        args.check_flags(thread_pool=thread_pool, in_order=in_order, share_dataset=share_dataset)
         self._batch_dataset = is_batch_dataset(dataset)
         if self._batch_dataset:
             batch_size, num_workers, thread_pool, prefetch_factor = self._keras_defaults(
@@ -202,6 +222,8 @@ class DataLoader(_resume.Resumable, _TorchDataLoader[T_co]):
         self.multiprocessing_context = multiprocessing_context  # torch's checking property
         self.in_order = in_order
         self.thread_pool = thread_pool
+        self.share_dataset = share_dataset
+        self._memory = _worker_memory.WorkerMemory()
         self.generator = generator
         self.sampler, self.batch_sampler = self._make_samplers(
             shuffle, sampler, batch_sampler, batch_size, mode
@@ -222,6 +244,7 @@ class DataLoader(_resume.Resumable, _TorchDataLoader[T_co]):
         # torchdata's argument, accepted: every state_dict() here is exact and cheap.
         self.snapshot_every_n_steps = snapshot_every_n_steps
         self._epoch: Epoch | None = None
+        self._epochs_started = 0
         self._resume_state: dict[str, Any] | None = None
         self._resume_pool: tuple[int, int] | None = None
         self._DataLoader__initialized = True
@@ -229,7 +252,7 @@ class DataLoader(_resume.Resumable, _TorchDataLoader[T_co]):
 
     @property
     def multiprocessing_context(self) -> Any:
-        """The start method's context, or None for batchloader's default, ``'fork'``."""
+        """The start method's context, or None: the one the program set, else ``'fork'``."""
         return self._DataLoader__multiprocessing_context
 
     @multiprocessing_context.setter
@@ -350,8 +373,11 @@ class DataLoader(_resume.Resumable, _TorchDataLoader[T_co]):
             self.num_workers, self.timeout, self.prefetch_factor, self.persistent_workers
         )
         args.check_callables(collate_fn=self.collate_fn, worker_init_fn=self.worker_init_fn)
+        processes = self.num_workers > 0 and not self.thread_pool
         spec = FetchSpec(
-            dataset=self.dataset,
+            dataset=self._memory.dataset_for(self.dataset, self.share_dataset, stacklevel=4)
+            if processes
+            else self.dataset,
             mode=self._fetch_mode(),
             collate_fn=self.collate_fn,
             worker_init_fn=self.worker_init_fn,
@@ -365,7 +391,7 @@ class DataLoader(_resume.Resumable, _TorchDataLoader[T_co]):
             timeout_s=float(self.timeout),
             in_order=self.in_order,
             persistent_workers=self.persistent_workers,
-            mp_context=self.multiprocessing_context or multiprocessing.get_context("fork"),
+            mp_context=self.multiprocessing_context or _default_context(),
             pin_memory=self.pin_memory,
             pin_memory_device=self.pin_memory_device,
             merged_streams=self._iterable
@@ -391,6 +417,8 @@ class DataLoader(_resume.Resumable, _TorchDataLoader[T_co]):
             hooks=self.dataset if self._batch_dataset else None,
             sampler=self.sampler,
         )
+        epoch.stats = EpochRecorder(self._epochs_started, self._stats_settings(config))
+        self._epochs_started += 1
         self._epoch = epoch
         if self._batch_dataset:
             call_hook(self.dataset, "on_epoch_begin")  # before workers start on the epoch
@@ -460,6 +488,7 @@ class DataLoader(_resume.Resumable, _TorchDataLoader[T_co]):
                 config,
                 pool,
                 owns_pool=owns,
+                stats=epoch.stats,
                 shared_seed=shared_seed,
                 resume_states=dict(epoch.worker_states) or None,
                 first_worker=0 if epoch.last_worker is None else epoch.last_worker + 1,
@@ -474,9 +503,33 @@ class DataLoader(_resume.Resumable, _TorchDataLoader[T_co]):
             epoch_seed=epoch_seed,
             skip=epoch.prefix,
             done=frozenset(epoch.ahead),
+            stats=epoch.stats,
         )
         epoch.log = iterator.log
         return iterator
+
+    @property
+    def stats(self) -> LoaderStats | None:
+        """What the running (or latest) epoch did, and whether the loop waited for data.
+
+        ``None`` before the first ``iter()``. ``print(loader.stats)`` gives a
+        table, ``loader.stats.as_dict()`` a flat dict for loggers, and
+        ``loader.stats.verdict`` one line naming the bottleneck (docs/tuning.md).
+        """
+        return None if self._epoch is None else self._epoch.stats.snapshot()
+
+    def _stats_settings(self, config: LoaderConfig) -> dict[str, Any]:
+        workers = config.num_workers
+        return {
+            "num_workers": workers,
+            "workers": "none" if workers == 0 else config.worker_kind.value,
+            "prefetch_factor": config.prefetch_factor if workers else 0,
+            "start_method": config.mp_context.get_start_method() if workers else "",
+            "in_order": config.in_order,
+            "persistent_workers": config.persistent_workers,
+            "pin_memory": config.pin_memory,
+            "share_dataset": self.share_dataset,
+        }
 
     def __len__(self) -> int:
         if self._iterable:
@@ -507,6 +560,7 @@ class DataLoader(_resume.Resumable, _TorchDataLoader[T_co]):
         if self._pool is not None:
             self._pool.close()
             self._pool = None
+        self._memory.close()
 
     def __enter__(self) -> DataLoader[T_co]:
         return self

@@ -13,6 +13,8 @@ from hypothesis import strategies as st
 
 __all__ = [
     "batch_sizes",
+    "container_indices",
+    "container_slices",
     "distributed_configs",
     "epochs",
     "index_subsets",
@@ -22,6 +24,8 @@ __all__ = [
     "loader_configs",
     "random_sampler_configs",
     "seeds",
+    "shared_keys",
+    "shared_values",
     "weighted_configs",
 ]
 
@@ -121,3 +125,58 @@ def loader_configs(draw: st.DrawFn) -> dict[str, Any]:
         "shuffle": draw(st.booleans()),
         "seed": draw(seeds()),
     }
+
+
+# --- shared containers --------------------------------------------------------
+
+_SCALARS = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)
+    | st.floats(allow_nan=False)  # NaN is unequal to itself, so no container would equal it
+    | st.text(max_size=12)
+    | st.binary(max_size=12)
+)
+
+
+def shared_values() -> st.SearchStrategy[Any]:
+    """Picklable items as datasets hold them: scalars, and lists, tuples and dicts of them."""
+    return st.recursive(
+        _SCALARS,
+        lambda inner: (
+            st.lists(inner, max_size=4)
+            | st.tuples(inner, inner)
+            | st.dictionaries(st.text(max_size=6), inner, max_size=4)
+        ),
+        max_leaves=12,
+    )
+
+
+def shared_keys() -> st.SearchStrategy[Any]:
+    """Hashable keys: numbers (``1``, ``1.0`` and ``True`` are one key), text, bytes, ``None``,
+    and tuples and frozensets of them."""
+    scalars = (
+        st.none()
+        | st.booleans()
+        | st.integers(-(2**70), 2**70)
+        | st.sampled_from([0.0, -0.0, 1.0, 2.0, 0.5, -3.25, float("inf")])
+        | st.text(max_size=8)
+        | st.binary(max_size=8)
+    )
+    return (
+        scalars
+        | st.tuples(scalars, scalars)
+        | st.frozensets(st.integers(-3, 3) | st.text(max_size=2), max_size=3)
+    )
+
+
+def container_indices(length: int) -> st.SearchStrategy[int]:
+    """Indices for a sequence of ``length`` items: negative ones and out-of-range ones included."""
+    return st.integers(-length - 3, length + 3)
+
+
+def container_slices(length: int) -> st.SearchStrategy[slice]:
+    """Slices with any start, stop and step (negative and out of range too), or ``None``s."""
+    bound = st.none() | st.integers(-length - 3, length + 3)
+    step = st.none() | st.integers(-4, 4).filter(bool)
+    return st.builds(slice, bound, bound, step)

@@ -412,3 +412,86 @@ def test_a_datapipe_is_sharded_across_workers_and_shuffled_like_torch():
     assert sorted(shuffled) == list(range(10))
     in_order = [int(x) for x in DataLoader(IterableWrapper(range(10)).shuffle(), shuffle=False)]
     assert in_order == list(range(10))
+
+
+def test_tensor_dataset_size_mismatch_is_torchs_assertion_error():
+    """Tensors of different first dimensions raise torch's AssertionError and words."""
+    with pytest.raises(AssertionError, match="Size mismatch between tensors"):
+        TensorDataset(torch.zeros(4), torch.zeros(3))
+
+
+_START_METHOD_SCRIPT = """
+import multiprocessing, sys
+from batchloader import DataLoader
+from tests.helpers import RangeDataset
+
+if __name__ == "__main__":
+    multiprocessing.set_start_method(sys.argv[1])
+    loader = DataLoader(RangeDataset(4), batch_size=2, num_workers=2)
+    iterator = iter(loader)
+    print(type(iterator._workers[0]).__name__, [b.tolist() for b in iterator])
+"""
+
+
+@pytest.mark.parametrize(
+    ("method", "process_type"), [("spawn", "SpawnProcess"), ("forkserver", "ForkServerProcess")]
+)
+def test_the_start_method_the_program_set_starts_the_workers(tmp_path, method, process_type):
+    """With no multiprocessing_context, workers start as multiprocessing.set_start_method said."""
+    import subprocess
+    import sys
+
+    from tests.helpers import child_env
+
+    script = tmp_path / "set_start_method.py"
+    script.write_text(_START_METHOD_SCRIPT)
+    done = subprocess.run(
+        [sys.executable, str(script), method],
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split()[0] == process_type
+    assert "[[0, 1], [2, 3]]" in done.stdout
+
+
+def test_without_a_start_method_set_workers_are_forked():
+    """No context given and none set: batchloader forks, whatever Python's default."""
+    import multiprocessing
+
+    assert multiprocessing.get_start_method(allow_none=True) in (None, "fork")
+    iterator = iter(DataLoader(RangeDataset(4), batch_size=2, num_workers=2))
+    assert all(type(w).__name__ == "ForkProcess" for w in iterator._workers)
+    list(iterator)
+
+
+def test_workers_are_listed_by_id_with_pid_and_liveness():
+    """torch's iterator attribute _workers: worker i at index i, each with pid and is_alive()."""
+    from tests.helpers import WorkerInfoDataset
+
+    iterator = iter(DataLoader(WorkerInfoDataset(8), num_workers=2, batch_size=None))
+    workers = iterator._workers
+    assert len(workers) == 2 and all(w.is_alive() for w in workers)
+    pids = [w.pid for w in workers]
+    for sample in iterator:
+        assert pids[int(sample["id"])] == int(sample["pid"])
+
+
+def test_workers_told_to_stop_exit_with_status_zero():
+    """After an epoch ends its workers exit by themselves, with exit code 0, as torch's do."""
+    iterator = iter(DataLoader(RangeDataset(6), batch_size=2, num_workers=3))
+    workers = iterator._workers
+    assert len(list(iterator)) == 3
+    del iterator
+    for worker in workers:
+        worker.join(10)
+        assert not worker.is_alive()
+        assert worker.exitcode == 0
+
+
+def test_index_lists_larger_than_a_pipe_still_load():
+    """Huge batches (torch's test_large_sampler_indices) need no more room than one task."""
+    loader = DataLoader(RangeDataset(4 * 40_960), batch_size=40_960, num_workers=1)
+    assert [int(b[-1]) for b in loader] == [40_959, 81_919, 122_879, 163_839]

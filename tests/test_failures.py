@@ -160,8 +160,24 @@ def test_unpicklable_dataset_with_spawn_names_its_type():
         pass
 
     loader = DataLoader(Local(4), num_workers=2, multiprocessing_context="spawn")
-    with pytest.raises(TypeError, match=r"dataset of type .*Local cannot be pickled"):
-        iter(loader)
+    with pytest.warns(UserWarning, match="Got pickle error"):
+        with pytest.raises(TypeError, match=r"dataset of type .*Local cannot be pickled"):
+            iter(loader)
+
+
+@pytest.mark.parametrize("context", ["spawn", "forkserver"])
+def test_unpicklable_worker_init_fn_warns_in_torchs_words_then_raises(context):
+    """A local worker_init_fn with a pickling start method: torch's warning, then a TypeError."""
+
+    def local_init(worker_id):
+        pass
+
+    loader = DataLoader(
+        RangeDataset(4), num_workers=2, worker_init_fn=local_init, multiprocessing_context=context
+    )
+    with pytest.warns(UserWarning, match=r"^Got pickle error when attempting to start a worker"):
+        with pytest.raises(TypeError, match=r"worker_init_fn of type .*cannot be pickled"):
+            iter(loader)
 
 
 def test_failure_while_receiving_a_batch_ends_the_epoch(no_leaks, monkeypatch):

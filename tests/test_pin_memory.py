@@ -210,7 +210,7 @@ def test_source_error_reaches_consumer_with_type_message_and_traceback() -> None
     with pytest.raises(KeyError, match="bad index 7") as info:
         next(it)
     frames = [frame.name for frame in traceback.extract_tb(info.value.__traceback__)]
-    assert "__next__" in frames and "_pin_loop" in frames
+    assert "__next__" in frames and "_run" in frames
 
 
 def test_pin_fn_error_reaches_consumer_with_type_message_and_note() -> None:

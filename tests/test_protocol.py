@@ -22,10 +22,7 @@ def in_worker():
     """Runs the thread-worker initializer in this thread, then undoes it."""
 
     def start(spec):
-        import itertools
-
-        setup = _worker.WorkerSetup(spec, 1, 0, None, itertools.count())
-        _worker.init_thread_worker(setup)
+        _worker.init_thread_worker(_worker.WorkerSetup(spec, 1, 0, None), 0)
 
     yield start
     del _worker._local.state
@@ -34,7 +31,15 @@ def in_worker():
 def test_run_task_returns_the_collated_batch(in_worker):
     """A task's result carries its batch id, the worker id and the batch."""
     in_worker(_spec(list(range(10))))
-    assert _worker.run_task(Task(7, [3, 4])) == Result(7, 0, Status.OK, [3, 4])
+    result = _worker.run_task(Task(7, [3, 4], epoch=2))
+    assert (result.batch_id, result.worker_id, result.status, result.payload, result.epoch) == (
+        7,
+        0,
+        Status.OK,
+        [3, 4],
+        2,
+    )
+    assert result.busy_s >= result.cpu_s >= 0
 
 
 def test_run_task_uses_getitems_when_the_dataset_has_it(in_worker):
@@ -86,19 +91,30 @@ class _FakePool:
     closed = False
 
     def __init__(self, spec, *, hold=()):
-        self.spec, self.sent, self.hold, self.held = spec, [], set(hold), []
+        self.spec, self.sent, self.hold = spec, [], set(hold)
+        self.held, self.ready = [], []
+        self.epoch = 0
 
-    def submit(self, task, on_result, on_error):
+    def begin_epoch(self):
+        self.epoch += 1
+        return self.epoch
+
+    def submit(self, task):
         self.sent.append(task.batch_id)
-        result = Result(task.batch_id, 0, Status.OK, _worker.fetch_batch(self.spec, task.indices))
-        if task.batch_id in self.hold:
-            self.held.append((result, on_result))
-        else:
-            on_result(result)
+        batch = _worker.fetch_batch(self.spec, task.indices)
+        result = Result(task.batch_id, 0, Status.OK, batch, task.epoch)
+        (self.held if task.batch_id in self.hold else self.ready).append(result)
+        return True
+
+    @property
+    def waiting(self):
+        return len(self.ready)
+
+    def receive(self, timeout_s):
+        return self.ready.pop(0) if self.ready else None
 
     def finish_held(self):
-        for result, on_result in self.held:
-            on_result(result)
+        self.ready.extend(self.held)
         self.held.clear()
 
     def release(self, result):
@@ -140,7 +156,7 @@ def test_iterator_reorders_results_that_arrive_early():
     """With batch 0 held back, batch 1 waits in the reorder buffer and order is kept."""
     pool = _FakePool(_spec(list(range(100))), hold={0})
     iterator = MultiWorkerIter(_config(), pool, iter([[i] for i in range(6)]), owns_pool=True)
-    assert iterator._inbox._queue.qsize() == 3  # batches 1-3 are back, waiting behind batch 0
+    assert len(pool.ready) == 3  # batches 1-3 are back, waiting behind batch 0
     pool.finish_held()
     assert list(iterator) == [[i] for i in range(6)]
 
@@ -192,16 +208,14 @@ def test_iterator_whose_sampler_fails_at_start_closes_its_pool():
     assert pool.closed
 
 
-def test_quiet_pool_maintenance_thread_does_not_wait_on_results():
-    """The pool's maintenance thread wakes for its notifier only, not for each result."""
-    import multiprocessing
+def test_a_process_pool_runs_no_thread_in_the_main_process():
+    """Starting process workers and loading from them adds no thread to the main process."""
+    import threading
 
-    from batchloader._pool import _QuietPool
+    from batchloader import DataLoader
 
-    pool = _QuietPool(1, context=multiprocessing.get_context("fork"))
-    try:
-        assert pool._get_sentinels() == [pool._change_notifier._reader]
-        assert pool._outqueue._reader not in pool._get_sentinels()
-    finally:
-        pool.terminate()
-        pool.join()
+    before = threading.active_count()
+    loader = DataLoader(list(range(8)), batch_size=2, num_workers=2, persistent_workers=True)
+    with loader:
+        assert len(list(loader)) == 4
+        assert threading.active_count() == before

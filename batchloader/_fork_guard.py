@@ -1,0 +1,128 @@
+"""Forking while none of the loader's own threads runs.
+
+Python 3.12+ warns when a process that runs more than one thread forks, and
+the warning is right: a fork copies only the forking thread, so a lock that
+another thread held at that moment stays held in the child for ever. The
+pool itself runs no thread (see ``_pool``); the loader's other threads (a
+pin-memory stage, thread workers) step aside while a worker is forked: each
+*parks* at a safe point (between batches, holding no lock and no batch), the
+fork happens, and each starts again where it stopped.
+
+Threads the program started itself (a progress bar's monitor, a logger's
+writer, another library's pool) are not the loader's to stop: with them
+running, Python warns as it does for torch's loader (docs/workers.md).
+
+A thread that can park calls :func:`mark_parkable` when it starts, checks
+:func:`park_requested` at its safe points, and its owner registers an object
+with ``park(timeout_s) -> None`` and ``resume() -> None`` (:class:`Parkable`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+import weakref
+from collections.abc import Iterator
+from typing import Protocol
+
+__all__ = [
+    "ParkRequested",
+    "Parkable",
+    "Parking",
+    "forking",
+    "mark_parkable",
+    "park_requested",
+    "register",
+]
+
+# How long a fork waits for the loader's threads to park: one batch of a slow pin
+# function or dataset should fit; past it the fork goes ahead (and Python may warn).
+_PARK_WAIT_S = 2.0
+
+
+class ParkRequested(Exception):
+    """Raised inside a wait loop of a parkable thread when a fork waits for it to park."""
+
+
+class Parkable(Protocol):
+    """What owns a parkable thread: stops it at a safe point, and starts it again."""
+
+    def park(self, timeout_s: float) -> None: ...
+
+    def resume(self) -> None: ...
+
+
+_requested = threading.Event()
+_local = threading.local()
+_owners: weakref.WeakSet[Parkable] = weakref.WeakSet()
+# One fork at a time: a second would resume threads the first still needs parked.
+_fork_lock = threading.Lock()
+
+
+def mark_parkable() -> None:
+    """Called by a thread of the loader's when it starts: it parks when a fork asks."""
+    _local.parkable = True
+
+
+def park_requested() -> bool:
+    """Whether the calling thread is parkable and a fork is waiting for it to park."""
+    return _requested.is_set() and getattr(_local, "parkable", False)
+
+
+class Parking:
+    """One parkable thread's decision to park, taken under a lock against its resumption.
+
+    The thread calls :meth:`now` at each safe point and returns if it says
+    so; its owner's ``resume()`` calls :meth:`unpark` and starts a new thread
+    if the old one parked. The lock makes the two exclusive, so a thread that
+    decides to park is always started again.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.parked = False
+
+    def now(self) -> bool:
+        """In the thread, at a safe point: whether to park (and so return) now."""
+        if not park_requested():
+            return False
+        with self._lock:
+            if not _requested.is_set():
+                return False
+            self.parked = True
+            return True
+
+    def unpark(self) -> bool:
+        """For ``resume()``: whether the thread parked and must be started again."""
+        with self._lock:
+            parked, self.parked = self.parked, False
+            return parked
+
+
+def register(owner: Parkable) -> None:
+    """Makes every later fork park ``owner``'s thread first (held weakly)."""
+    _owners.add(owner)
+
+
+@contextlib.contextmanager
+def forking() -> Iterator[None]:
+    """Parks every thread of the loader's for the forks made in this block."""
+    if getattr(_local, "parkable", False):
+        # A parkable thread cannot wait for itself to park. The loader forks only
+        # from the thread that iterates it (auto-sizing hands its forks to that
+        # thread), so only a loader iterated inside a thread worker gets here.
+        yield
+        return
+    with _fork_lock:
+        owners = list(_owners)
+        _requested.set()
+        try:
+            deadline = time.monotonic() + _PARK_WAIT_S
+            for owner in owners:
+                owner.park(max(0.0, deadline - time.monotonic()))
+            yield
+        finally:
+            _requested.clear()
+            for owner in owners:
+                owner.resume()

@@ -1,0 +1,226 @@
+"""``num_workers="auto"``: choosing the number of workers while the epoch runs.
+
+The loader's batches do not depend on the number of workers (each batch is
+seeded by its number), so the count can change in the middle of an epoch
+without changing a sample. :class:`AutoTuner` reads the epoch's statistics
+(:mod:`._stats`) over short windows and moves the count the way
+:func:`._stats.diagnose` points:
+
+* the training loop waits and the workers are busy: one more worker, or twice
+  as many when they wait on I/O rather than the CPU, within the budget;
+* the loop waits but the workers are not busy: more workers would not help;
+  a deeper prefetch may (``prefetch_factor="auto"``);
+* the loop does not wait: the fewest workers that keep it so (the workers'
+  measured busy share says how many that is).
+
+Every change is checked on the next window: a grow that did not raise the
+rate, or a shrink that made the loop wait, is undone, and the tuner settles
+on the better count. It re-opens only when the loop's waiting changes
+clearly. The budget: process workers up to the cores this process may use
+(``os.sched_getaffinity``) for CPU work, up to ``IO_WORKERS_PER_CORE`` per
+core for I/O-bound datasets, and no more than the shared memory in flight
+allows (a quarter of ``/dev/shm``'s free space).
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import os
+import time
+from dataclasses import dataclass
+
+from ._stats import (
+    BUSY_THRESHOLD,
+    IO_THRESHOLD,
+    IO_WORKERS_PER_CORE,
+    WAIT_THRESHOLD,
+    EpochRecorder,
+    cores,
+)
+
+__all__ = ["AutoTuner", "Change", "max_workers"]
+
+# A window is at least this long and holds at least this many batches.
+_WINDOW_S = 0.4
+_WINDOW_BATCHES = 8
+# ... and at most this long, whatever the batches (a slow loop still gets decisions).
+_WINDOW_MAX_S = 3.0
+# A grow must raise the rate by this much to be kept.
+_GAIN = 1.05
+# Settled: the loop's waiting share must move this far (either way) to re-open the search.
+_REOPEN = 0.05
+# prefetch_factor="auto" grows the prefetch depth up to this.
+_MAX_PREFETCH = 8
+# Of /dev/shm's free space, what batches in flight may take.
+_SHM_SHARE = 4
+
+
+def max_workers(*, processes: bool) -> int:
+    """The most workers auto may use: I/O-bound datasets get several per core."""
+    return cores() * IO_WORKERS_PER_CORE if processes else 4 * cores() * IO_WORKERS_PER_CORE
+
+
+def _shm_free_bytes() -> int:
+    try:
+        stat = os.statvfs("/dev/shm")
+    except OSError:
+        return 0
+    return stat.f_bavail * stat.f_frsize
+
+
+class _Phase(enum.Enum):
+    SEARCHING = "searching"
+    CHECKING = "checking"  # a change was made; the next window says whether to keep it
+    SETTLED = "settled"
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """What the tuner asks of the pool, and why (it goes in the statistics)."""
+
+    workers: int
+    prefetch: int
+    why: str
+
+
+@dataclass(slots=True)
+class _Window:
+    """What the epoch's counters were at the start of a window."""
+
+    at: float
+    batches: int
+    wait_s: float
+    busy_s: float
+    cpu_s: float
+
+
+class AutoTuner:
+    """Chooses ``num_workers`` (and ``prefetch_factor``) from the epoch's statistics.
+
+    Example::
+
+        tuner = AutoTuner(workers=2, prefetch=2, processes=True, auto_prefetch=False)
+        change = tuner.observe(recorder)  # after each batch; None, or a Change to apply
+    """
+
+    def __init__(
+        self,
+        *,
+        workers: int,
+        prefetch: int,
+        processes: bool,
+        auto_prefetch: bool,
+        limit: int | None = None,
+    ) -> None:
+        self.workers = workers
+        self.prefetch = prefetch
+        self._processes = processes
+        self._auto_prefetch = auto_prefetch
+        self._limit = limit if limit is not None else max_workers(processes=processes)
+        self._phase = _Phase.SEARCHING
+        self._window: _Window | None = None
+        self._rates: dict[int, float] = {}  # workers -> batches/s measured with that many
+        self._before: tuple[int, int, float, float] | None = None  # (workers, prefetch, rate, wait)
+        self._ceiling = self._limit + 1  # a count found not to help: below it from now on
+        self._settled_wait = 0.0
+
+    # -- observing ------------------------------------------------------------------
+
+    def observe(self, stats: EpochRecorder, batch_bytes: int = 0) -> Change | None:
+        """Called after each batch the user gets; a :class:`Change` when a window ends."""
+        now = time.perf_counter()
+        window = self._window
+        batches = stats.wait.count
+        if window is None or batches <= 1:  # the first batch (workers starting) is no window
+            self._window = _Window(now, batches, stats.wait.total, stats.busy_s, stats.cpu_s)
+            return None
+        elapsed = now - window.at
+        few = batches - window.batches < _WINDOW_BATCHES
+        if elapsed < _WINDOW_S or (few and elapsed < _WINDOW_MAX_S):
+            return None
+        rate = (batches - window.batches) / elapsed
+        wait = (stats.wait.total - window.wait_s) / elapsed
+        busy_s, cpu_s = stats.busy_s - window.busy_s, stats.cpu_s - window.cpu_s
+        busy = busy_s / (max(self.workers, 1) * elapsed)
+        cpu = cpu_s / busy_s if busy_s > 0 else 1.0
+        self._window = _Window(now, batches, stats.wait.total, stats.busy_s, stats.cpu_s)
+        self._rates[self.workers] = rate
+        return self._decide(rate, wait, busy, cpu, batch_bytes)
+
+    # -- deciding -------------------------------------------------------------------
+
+    def _decide(
+        self, rate: float, wait: float, busy: float, cpu: float, batch_bytes: int
+    ) -> Change | None:
+        if self._phase is _Phase.CHECKING:
+            return self._check(rate, wait)
+        if self._phase is _Phase.SETTLED:
+            if abs(wait - self._settled_wait) < _REOPEN:
+                return None
+            self._phase = _Phase.SEARCHING
+            self._ceiling = self._limit + 1
+        if wait >= WAIT_THRESHOLD:
+            if busy >= BUSY_THRESHOLD:
+                return self._grow(rate, wait, io_bound=cpu < IO_THRESHOLD, batch_bytes=batch_bytes)
+            if self._auto_prefetch and self.prefetch < _MAX_PREFETCH:
+                why = (
+                    f"the loop waited {100 * wait:.0f}% with workers {100 * busy:.0f}% busy: "
+                    "a deeper prefetch"
+                )
+                return self._try(self.workers, self.prefetch * 2, rate, wait, why)
+            return self._settle(wait)
+        needed = max(1, math.ceil(self.workers * busy / BUSY_THRESHOLD))
+        if needed < self.workers:
+            why = f"the loop did not wait; workers {100 * busy:.0f}% busy: {needed} suffice"
+            return self._try(needed, self.prefetch, rate, wait, why)
+        return self._settle(wait)
+
+    def _grow(self, rate: float, wait: float, *, io_bound: bool, batch_bytes: int) -> Change | None:
+        cap = min(self._ceiling - 1, self._limit)
+        if not io_bound:
+            cap = min(cap, cores())
+        if batch_bytes and self._processes:
+            in_flight = max(1, _shm_free_bytes() // _SHM_SHARE // batch_bytes)
+            cap = min(cap, max(1, in_flight // max(self.prefetch, 1)))
+        target = min(cap, self.workers * 2 if io_bound else self.workers + 1)
+        if target <= self.workers:
+            return self._settle(wait)
+        kind = "I/O" if io_bound else "CPU"
+        why = f"the loop waited {100 * wait:.0f}%, workers busy on {kind}: more workers"
+        return self._try(target, self.prefetch, rate, wait, why)
+
+    def _try(self, workers: int, prefetch: int, rate: float, wait: float, why: str) -> Change:
+        self._before = (self.workers, self.prefetch, rate, wait)
+        self._phase = _Phase.CHECKING
+        self.workers, self.prefetch = workers, prefetch
+        return Change(workers, prefetch, why)
+
+    def _check(self, rate: float, wait: float) -> Change | None:
+        """Keeps the change just made if it helped, else goes back and settles."""
+        if self._before is None:
+            raise RuntimeError("[INTERNAL ERROR] the tuner checks a change it never made")
+        workers, prefetch, old_rate, old_wait = self._before
+        self._before = None
+        grew = self.workers > workers or self.prefetch > prefetch
+        if grew and rate >= old_rate * _GAIN:
+            self._phase = _Phase.SEARCHING
+            return None
+        if not grew and wait < WAIT_THRESHOLD and rate >= old_rate / _GAIN:
+            self._phase = _Phase.SEARCHING
+            return None
+        if grew:
+            self._ceiling = self.workers
+        why = (
+            f"{self.workers} workers, prefetch {self.prefetch}: {rate:.0f} batches/s, "
+            f"waiting {100 * wait:.0f}%; back to the {old_rate:.0f} batches/s before"
+        )
+        self.workers, self.prefetch = workers, prefetch
+        self._settle(old_wait)
+        return Change(workers, prefetch, why)
+
+    def _settle(self, wait: float) -> Change | None:
+        """Stops searching (no change now) until the loop's waiting moves clearly."""
+        self._phase = _Phase.SETTLED
+        self._settled_wait = wait
+        return None
