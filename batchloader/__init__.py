@@ -12,6 +12,7 @@ from ._errors import LoaderTimeoutError, WorkerDiedError, WorkerError
 from ._pin_memory import pin_batch, pin_memory_supported
 from ._sharing import LargeContainer, find_large_containers, share_dataset
 from ._shm import ShmFullError
+from ._stats import LoaderStats
 from ._worker import get_worker_info
 from .collate import (
     Dict,
@@ -68,6 +69,7 @@ __all__ = [
     "IterableDataset",
     "LargeContainer",
     "List",
+    "LoaderStats",
     "LoaderTimeoutError",
     "Pad",
     "PyDataset",

@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from ._tuning import AutoCount
 from ._typing import LAST_BATCH_MODES
 
 __all__ = [
@@ -20,6 +21,7 @@ __all__ = [
     "check_generator",
     "check_snapshot_steps",
     "check_workers",
+    "resolve_auto",
 ]
 
 
@@ -30,11 +32,12 @@ def _is_int(value: Any) -> bool:
 def check_workers(
     num_workers: Any, timeout: Any, prefetch_factor: Any, persistent_workers: Any
 ) -> None:
-    """Checks the arguments that size and pace the workers."""
+    """Checks the arguments that size and pace the workers ("auto" already made a count)."""
     if not _is_int(num_workers) or num_workers < 0:
         raise ValueError(
             "num_workers option should be non-negative; use num_workers=0 to disable "
-            f"multiprocessing. Got num_workers={num_workers!r} (a non-negative integer is needed)"
+            f"multiprocessing. Got num_workers={num_workers!r} (a non-negative integer, or "
+            "'auto', is needed)"
         )
     if (
         isinstance(timeout, bool)
@@ -52,7 +55,8 @@ def check_workers(
         )
     if prefetch_factor is not None and (not _is_int(prefetch_factor) or prefetch_factor < 1):
         raise ValueError(
-            f"prefetch_factor should be a positive integer, got prefetch_factor={prefetch_factor!r}"
+            f"prefetch_factor should be a positive integer or 'auto', got "
+            f"prefetch_factor={prefetch_factor!r}"
         )
     if persistent_workers and num_workers == 0:
         raise ValueError("persistent_workers option needs num_workers > 0, got num_workers=0")
@@ -163,3 +167,12 @@ def check_generator(generator: Any) -> None:
         raise TypeError(
             f"generator should be a torch.Generator or None, got {type(generator).__qualname__}"
         )
+
+
+def resolve_auto(value: Any, name: str, start: int) -> Any:
+    """``"auto"`` becomes an :class:`AutoCount` starting at ``start``; anything else stays."""
+    if isinstance(value, str):
+        if value != "auto":
+            raise ValueError(f"{name} should be an integer or 'auto', got {name}={value!r}")
+        return AutoCount(start)
+    return value

@@ -65,8 +65,6 @@ class LoaderConfig:
     # Iterable datasets: all workers put into one queue (in_order=False, or a generator
     # the thread workers share), instead of one queue each taken round-robin.
     merged_streams: bool = False
-
-    @property
-    def max_in_flight(self) -> int:
-        """Bound on batches sent but not yet handed to the user."""
-        return self.prefetch_factor * self.num_workers
+    # num_workers="auto" / prefetch_factor="auto": the pool's size or depth changes as it runs.
+    auto_workers: bool = False
+    auto_prefetch: bool = False

@@ -13,7 +13,7 @@ import collections
 import itertools
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from . import _datapipes
@@ -102,7 +102,9 @@ class SingleProcessIter:
             self._done = True
             raise
         stats = self._stats
-        stats.produced(time.perf_counter() - started, time.thread_time() - cpu)
+        busy = time.perf_counter() - started
+        stats.produced(busy, time.thread_time() - cpu)
+        stats.starved_s += busy  # the loop waits while it makes the batch itself
         stats.samples += samples
         return batch
 
@@ -159,6 +161,10 @@ class LengthCheck:
         return list(self._source._workers)
 
 
+def _no_tuning() -> None:
+    return None
+
+
 def call_hook(dataset: Any, name: str) -> None:
     hook = getattr(dataset, name, None)
     if callable(hook):
@@ -203,6 +209,7 @@ class Epoch:
         self._sampler = sampler
         self._ended = False
         self.stats = EpochRecorder(0, {})  # the loader sets the real one (number, settings)
+        self.tune: Callable[[], None] = _no_tuning  # num_workers="auto": after each batch
 
     def delivered(self) -> None:
         if self.log is None:
@@ -250,8 +257,10 @@ class Tracked:
         except StopIteration:
             self._epoch.end(finished=True)
             raise
-        self._epoch.stats.delivered(asked, time.perf_counter())
-        self._epoch.delivered()
+        epoch = self._epoch
+        epoch.stats.delivered(asked, time.perf_counter())
+        epoch.delivered()
+        epoch.tune()  # in the thread that iterates: a fork is safe here (see _fork_guard)
         return batch
 
     def close(self) -> None:

@@ -108,12 +108,23 @@ def register(owner: Parkable) -> None:
 @contextlib.contextmanager
 def forking() -> Iterator[None]:
     """Parks every thread of the loader's for the forks made in this block."""
-    if getattr(_local, "parkable", False):
-        # A parkable thread cannot wait for itself to park. The loader forks only
-        # from the thread that iterates it (auto-sizing hands its forks to that
-        # thread), so only a loader iterated inside a thread worker gets here.
+    if getattr(_local, "parkable", False) or getattr(_local, "forking", False):
+        # Already parked (a nested block), or a parkable thread, which cannot wait for
+        # itself to park. The loader forks only from the thread that iterates it
+        # (auto-sizing does it there), so only a loader iterated inside a thread
+        # worker forks from a parkable thread.
         yield
         return
+    _local.forking = True
+    try:
+        with _parked():
+            yield
+    finally:
+        _local.forking = False
+
+
+@contextlib.contextmanager
+def _parked() -> Iterator[None]:
     with _fork_lock:
         owners = list(_owners)
         _requested.set()

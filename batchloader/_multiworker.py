@@ -27,11 +27,12 @@ id sent is in flight, in the reorder buffer, or already handed out.
 from __future__ import annotations
 
 import enum
+import logging
 import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from . import _fork_guard
@@ -40,9 +41,12 @@ from ._errors import LoaderTimeoutError
 from ._pool import WorkerPool
 from ._seeding import batch_seed
 from ._stats import EpochRecorder
+from ._tuning import AutoTuner, Change
 from ._worker import Result, Status, Task, number_batches
 
 __all__ = ["MultiWorkerIter", "StreamingIter"]
+
+_log = logging.getLogger("batchloader")
 
 # How often a waiting main thread checks worker liveness and the user's timeout.
 _POLL_INTERVAL_S = 0.1
@@ -83,7 +87,8 @@ class _BaseIter:
         self._stats = stats if stats is not None else EpochRecorder(0, {})
         if pool.receiver is not None:
             receiver = pool.receiver
-            self._stats.watch_bytes(lambda: receiver.bytes_received)
+            self._stats.watch("bytes", lambda: receiver.bytes_received)
+        self._stats.watch("starved_s", lambda: pool.blocked_s)
         self._state = _State.CLOSED  # until the subclass has started the epoch
         self._lock = threading.Lock()
         self._deadline: float | None = None
@@ -235,8 +240,12 @@ class MultiWorkerIter(_BaseIter):
         skip: int = 0,
         done: frozenset[int] = frozenset(),
         stats: EpochRecorder | None = None,
+        tuner: AutoTuner | None = None,
+        on_change: Callable[[Change], None] | None = None,
     ):
         super().__init__(config, pool, owns_pool=owns_pool, stats=stats)
+        self._tuner = tuner  # num_workers="auto": resizes the pool while the epoch runs
+        self._on_change = on_change
         self._epoch_seed = epoch_seed
         # (batch id, indices), without the batches a resumed epoch had delivered already
         self._batches = number_batches(batches, skip, done)
@@ -250,7 +259,7 @@ class MultiWorkerIter(_BaseIter):
 
     def _fill(self) -> None:
         """Sends index lists while the prefetch window has room and a worker can take one."""
-        while len(self._in_flight) + len(self._reorder) < self._config.max_in_flight:
+        while len(self._in_flight) + len(self._reorder) < self._pool.max_in_flight:
             if self._unsent is None:
                 try:
                     self._unsent = next(self._batches)
@@ -276,6 +285,29 @@ class MultiWorkerIter(_BaseIter):
             self._receive()
             if self._unsent is not None:
                 self._fill()  # a worker may have room again (an earlier epoch's task came back)
+
+    def tune(self) -> None:
+        """After each batch, in the thread that iterates: lets "auto" resize the pool.
+
+        Batches do not depend on the number of workers (each is seeded by its
+        number), so the pool grows or shrinks between two batches of an epoch.
+        """
+        tuner = self._tuner
+        if tuner is None or self._state is not _State.RUNNING:
+            return
+        stats = self._stats
+        batches = stats.wait.count
+        moved = stats.counted("bytes")
+        change = tuner.observe(stats, int(moved // batches) if batches else 0)
+        if change is None:
+            return
+        if change.workers != self._pool.num_workers:
+            self._pool.resize(change.workers)
+        self._pool.set_prefetch(change.prefetch)
+        stats.workers_changed(change.workers, change.why)
+        _log.debug("auto: %d workers, prefetch %d (%s)", change.workers, change.prefetch, change.why)
+        if self._on_change is not None:
+            self._on_change(change)
 
     def _pop_ready(self) -> tuple[Result, Any] | None:
         if self._config.in_order:
@@ -383,11 +415,14 @@ class StreamingIter(_BaseIter):
 
     def _get(self, stream: Any) -> Result | None:
         """The stream's next result of this epoch; None after an idle poll or a stale result."""
+        started = time.perf_counter()
         try:
             result = stream.get(timeout=_POLL_INTERVAL_S)
         except queue.Empty:
+            self._pool.blocked_s += time.perf_counter() - started
             self._check()
             return None
+        self._pool.blocked_s += time.perf_counter() - started
         if result.epoch != self._epoch:
             self._pool.release(result)
             return None

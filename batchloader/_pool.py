@@ -19,11 +19,9 @@ task queued and never waits on the main process.
 
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 import itertools
 import logging
-import multiprocessing.connection
-import os
 import pickle
 import queue
 import select
@@ -39,6 +37,7 @@ from typing import Any
 from . import _fork_guard, _shm, _worker
 from ._config import FetchSpec, LoaderConfig, WorkerKind
 from ._errors import WorkerDiedError
+from ._members import Member, ProcessMember, ThreadMember, stop_processes, stop_threads
 
 __all__ = ["WorkerPool", "check_picklable"]
 
@@ -46,13 +45,6 @@ _log = logging.getLogger("batchloader")
 
 # How long an abandoned epoch's stream tasks get to notice the stop flag.
 _STREAM_STOP_S = 5.0
-# Grace a thread worker gets to finish its current task at shutdown.
-_THREAD_JOIN_S = 2.0
-# Grace a process worker gets to finish its task and exit by itself before it is killed.
-_STOP_GRACE_S = 0.5
-# A worker's unread tasks stay under this, half of Linux's smallest pipe buffer, so that
-# writing a task never blocks while that worker is blocked writing a result to us.
-_PIPE_SAFE_BYTES = 32 * 1024
 # The caller of iter(loader), seen from check_picklable: WorkerPool.__init__,
 # _start_processes, the loader's _make_iterator and __iter__ lie between.
 _USER_FRAME = 6
@@ -84,11 +76,11 @@ def check_picklable(spec: FetchSpec, start_method: str) -> None:
 
 
 def _start_settings(config: LoaderConfig) -> tuple[Any, ...]:
-    """The parts of a config a started pool cannot change."""
+    """The parts of a config a started pool cannot change ("auto" ones it changes itself)."""
     return (
-        config.num_workers,
+        "auto" if config.auto_workers else config.num_workers,
         config.worker_kind,
-        config.prefetch_factor,
+        "auto" if config.auto_prefetch else config.prefetch_factor,
         config.mp_context,
         config.merged_streams,
     )
@@ -132,111 +124,15 @@ def _likely_cause(exitcode: int) -> str:
     return ""
 
 
-class _Member:
-    """One worker, as the main process sees it: its channel and what it still owes."""
-
-    worker_id: int
-    handle: Any  # the multiprocessing.Process or threading.Thread
-    outstanding: int  # tasks sent whose results have not come back
-    streaming: bool  # a StreamStart sent, its STREAM_ENDED not yet back
-
-    def send(self, message: Any) -> None:
-        raise NotImplementedError
-
-    def encode(self, task: _worker.Task) -> bytes | None:
-        """The task as this worker's channel carries it (None: the object itself)."""
-        return None
-
-    def room_for(self, encoded: bytes | None) -> bool:
-        """Whether one more task can be written without risking a blocked write."""
-        return True
-
-    def send_task(self, task: _worker.Task, encoded: bytes | None) -> None:
-        self.outstanding += 1
-        self.send(task)
-
-    def answered(self) -> None:
-        self.outstanding -= 1
-
-
-class _ProcessMember(_Member):
-    """A worker process, with its task pipe (main writes) and result pipe (main reads)."""
-
-    def __init__(self, ctx: Any, setup: _worker.WorkerSetup, worker_id: int):
-        self.worker_id = worker_id
-        self.outstanding = 0
-        self.streaming = False
-        self.unread: deque[int] = deque()  # byte sizes of the tasks it has not answered
-        task_reader, self.tasks = ctx.Pipe(duplex=False)
-        self.results, result_writer = ctx.Pipe(duplex=False)
-        self.handle = ctx.Process(
-            target=_worker.serve_process,
-            args=(setup, worker_id, task_reader, result_writer),
-            name=f"batchloader-worker-{worker_id}",
-            daemon=True,
-        )
-        with _worker.forking_workers():
-            self.handle.start()
-        task_reader.close()  # the worker's ends: only the worker holds them now
-        result_writer.close()
-
-    def encode(self, task: _worker.Task) -> bytes:
-        return bytes(ForkingPickler.dumps(task))
-
-    def room_for(self, encoded: bytes | None) -> bool:
-        # An idle worker is reading its pipe, so even a large task gets through.
-        size = 0 if encoded is None else len(encoded)
-        return self.outstanding == 0 or sum(self.unread) + size <= _PIPE_SAFE_BYTES
-
-    def send(self, message: Any) -> None:
-        self.tasks.send_bytes(ForkingPickler.dumps(message))
-
-    def send_task(self, task: _worker.Task, encoded: bytes | None) -> None:
-        data = self.encode(task) if encoded is None else encoded
-        self.outstanding += 1
-        self.unread.append(len(data))
-        self.tasks.send_bytes(data)
-
-    def answered(self) -> None:
-        self.outstanding -= 1
-        self.unread.popleft()
-
-
-class _ThreadMember(_Member):
-    """A worker thread, with its own task queue; results go to the pool's shared queue."""
-
-    def __init__(self, setup: _worker.WorkerSetup, worker_id: int, results: Any):
-        self.worker_id = worker_id
-        self.outstanding = 0
-        self.streaming = False
-        self.tasks: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self.parking = _fork_guard.Parking()
-        self.state: Any = None  # the worker's state, kept for the thread that resumes it
-        self._args = (setup, worker_id, self.tasks, results, self)
-        self.handle = self._new_thread()
-        self.handle.start()
-
-    def _new_thread(self) -> threading.Thread:
-        return threading.Thread(
-            target=_worker.serve_thread,
-            args=self._args,
-            name=f"batchloader-thread-worker-{self.worker_id}",
-            daemon=True,
-        )
-
-    def send(self, message: Any) -> None:
-        self.tasks.put(message)
-
-    def resume(self) -> None:
-        """Starts the worker's thread again if it parked for a fork."""
-        if self.parking.unpark():
-            self.handle.join()  # it has decided to park: it returns at once
-            self.handle = self._new_thread()
-            self.handle.start()
-
-
 class WorkerPool:
-    """``num_workers`` processes or threads holding one :class:`FetchSpec`.
+    """Processes or threads holding one :class:`FetchSpec`; their number can change.
+
+    Worker ids are dense: the ``n`` workers that take tasks are ids ``0 ..
+    n-1``. Shrinking retires the highest ids: a retiring worker takes no new
+    task, and is told to stop once it has answered the ones it holds.
+    Growing brings a retiring worker back if its id is needed, else starts a
+    new one (after the old holder of that id has exited and its segments are
+    removed: ids own lease slots in shared memory).
 
     Example::
 
@@ -244,43 +140,53 @@ class WorkerPool:
         epoch = pool.begin_epoch()
         pool.submit(Task(0, [0, 1], epoch=epoch))
         result = pool.receive(timeout_s=0.1)  # None if nothing came in time
+        pool.resize(4)  # while the epoch runs: batches do not depend on it
         pool.close()
     """
 
-    def __init__(self, config: LoaderConfig, spec: FetchSpec, base_seed: int):
+    def __init__(self, config: LoaderConfig, spec: FetchSpec, base_seed: int, *, capacity: int = 0):
         self.kind = config.worker_kind
-        self.num_workers = config.num_workers
         self.spec = spec
         self.base_seed = base_seed
-        self._per_worker = config.prefetch_factor
+        self.capacity = max(capacity, config.num_workers)  # the most workers it may have
+        self.prefetch = config.prefetch_factor  # tasks each worker may hold
         self._started_with = _start_settings(config)
+        self._ctx = config.mp_context
         self._closed = False
         self.broken = False
         self._epoch = 0
         self._turn = 0  # the worker whose turn it is to get the next task
         self._ready: deque[_worker.Result] = deque()
         self._dead_seen = False
-        self.members: list[_Member] = []
+        self.blocked_s = 0.0  # time spent waiting for the workers with no result at hand
+        self.members: list[Member] = []  # every worker not yet joined (what shutdown stops)
+        self._active: list[Member] = []  # the workers that take tasks; index = worker id
+        self._retiring: list[Member] = []  # finishing what they hold, then stopped
+        self._stopped: list[Member] = []  # told to stop; joined when their id is needed again
         if self.kind is WorkerKind.PROCESS:
-            self._start_processes(config, spec, base_seed)
+            self._prepare_processes(config, spec, base_seed)
         else:
-            self._start_threads(config, spec, base_seed)
+            self._prepare_threads(config, spec, base_seed)
         self._finalizer = weakref.finalize(self, _shutdown, self._state_for_shutdown())
+        try:
+            self._grow(config.num_workers)
+        except BaseException:
+            self.close()
+            raise
 
-    def _start_processes(self, config: LoaderConfig, spec: FetchSpec, base_seed: int) -> None:
+    def _prepare_processes(self, config: LoaderConfig, spec: FetchSpec, base_seed: int) -> None:
         ctx = config.mp_context
         method = ctx.get_start_method()
         if method != "fork":
             check_picklable(spec, method)
-        n = config.num_workers
         self.prefix: str | None = _shm.new_prefix()
-        leases = _shm.new_leases(ctx, n)
-        self.names: _shm.Names | None = _shm.Names(ctx, n)
+        leases = _shm.new_leases(ctx, self.capacity)
+        self.names: _shm.Names | None = _shm.Names(ctx, self.capacity)
         self.receiver: _shm.Receiver | None = _shm.Receiver(leases)
         iterable = spec.iterable
         self.setup = _worker.WorkerSetup(
             spec=spec,
-            num_workers=n,
+            num_workers=config.num_workers,
             base_seed=base_seed,
             shm_prefix=self.prefix,
             leases=leases,
@@ -290,60 +196,41 @@ class WorkerPool:
         )
         self._results: Any = None
         self._poller = select.poll()
-        self._by_fd: dict[int, tuple[_ProcessMember, bool]] = {}
-        try:
-            with _fork_guard.forking():  # the loader's own threads park while we fork
-                for worker_id in range(n):
-                    member = _ProcessMember(ctx, self.setup, worker_id)
-                    self.members.append(member)
-                    self._watch(member)
-        except BaseException:
-            _stop_processes(self.members)
-            raise
+        self._by_fd: dict[int, tuple[ProcessMember, bool]] = {}
 
-    def _watch(self, member: _ProcessMember) -> None:
-        for fd, is_sentinel in ((member.results.fileno(), False), (member.handle.sentinel, True)):
-            self._by_fd[fd] = (member, is_sentinel)
-            self._poller.register(fd, select.POLLIN)
-
-    def _start_threads(self, config: LoaderConfig, spec: FetchSpec, base_seed: int) -> None:
-        n = config.num_workers
+    def _prepare_threads(self, config: LoaderConfig, spec: FetchSpec, base_seed: int) -> None:
         self.prefix = None
         self.names = None
         self.receiver = None
         iterable = spec.iterable
         self.setup = _worker.WorkerSetup(
             spec=spec,
-            num_workers=n,
+            num_workers=config.num_workers,
             base_seed=base_seed,
             shm_prefix=None,
             streams=_stream_queues(queue.Queue, config) if iterable else None,
             stop=threading.Event() if iterable else None,
         )
         self._results = queue.SimpleQueue()
-        for worker_id in range(n):
-            self.members.append(_ThreadMember(self.setup, worker_id, self._results))
         _fork_guard.register(self)  # another loader's fork parks these threads first
-
-    def park(self, timeout_s: float) -> None:
-        """Waits for the thread workers to park for a fork (each after its current task)."""
-        deadline = time.monotonic() + timeout_s
-        for member in self.members:
-            member.handle.join(max(0.0, deadline - time.monotonic()))
-
-    def resume(self) -> None:
-        """Starts the thread workers that parked for a fork again."""
-        for member in self.members:
-            assert isinstance(member, _ThreadMember)
-            member.resume()
 
     def _state_for_shutdown(self) -> tuple[Any, ...]:
         return (self.kind, self.members, self.names, self.setup)
 
     @property
+    def num_workers(self) -> int:
+        """The workers that take tasks now."""
+        return len(self._active)
+
+    @property
+    def max_in_flight(self) -> int:
+        """Bound on batches sent but not yet handed to the user: ``prefetch * num_workers``."""
+        return self.prefetch * len(self._active)
+
+    @property
     def workers(self) -> list[Any]:
         """The worker processes (or threads), indexed by worker id: torch's ``_workers``."""
-        return [member.handle for member in self.members]
+        return [member.handle for member in self._active]
 
     def serves(self, spec: FetchSpec, config: LoaderConfig) -> bool:
         """Whether this pool was started for these settings (a persistent pool is reused)."""
@@ -357,6 +244,89 @@ class WorkerPool:
             and self._started_with == _start_settings(config)
         )
 
+    # -- the number of workers ------------------------------------------------------------
+
+    def resize(self, count: int) -> None:
+        """Grows or shrinks to ``count`` workers (1 to ``capacity``) while tasks are in flight.
+
+        Call it from the thread that iterates (a fork must not happen beside a
+        thread of the loader's: the pin-memory thread parks meanwhile).
+        """
+        if not 1 <= count <= self.capacity:
+            raise ValueError(f"a pool of capacity {self.capacity} cannot have {count} workers")
+        with _fork_guard.forking():  # our other threads keep out of the pool meanwhile
+            if count > len(self._active):
+                self._grow(count)
+            else:
+                self._shrink(count)
+
+    def set_prefetch(self, prefetch: int) -> None:
+        """How many tasks each worker may hold from now on."""
+        self.prefetch = max(1, prefetch)
+
+    def _grow(self, count: int) -> None:
+        setup = dataclasses.replace(self.setup, num_workers=count)
+        with _fork_guard.forking():  # the loader's own threads park while we fork
+            while len(self._active) < count:
+                worker_id = len(self._active)
+                back = next((m for m in self._retiring if m.worker_id == worker_id), None)
+                if back is not None:  # still alive and finishing its tasks: it stays
+                    self._retiring.remove(back)
+                    self._active.append(back)
+                    continue
+                self._forget(worker_id)
+                member: Member
+                if self.kind is WorkerKind.PROCESS:
+                    member = ProcessMember(self._ctx, setup, worker_id)
+                    self._watch(member)
+                else:
+                    member = ThreadMember(setup, worker_id, self._results)
+                self.members.append(member)
+                self._active.append(member)
+
+    def _shrink(self, count: int) -> None:
+        while len(self._active) > count:
+            member = self._active.pop()
+            if member.outstanding == 0:
+                self._stop(member)
+            else:
+                self._retiring.append(member)
+        self._turn %= len(self._active)
+
+    def _stop(self, member: Member) -> None:
+        """Tells an idle worker to exit; it is joined when its id is needed again, or at close."""
+        if isinstance(member, ProcessMember):
+            for fd in (member.results.fileno(), member.handle.sentinel):
+                self._poller.unregister(fd)
+                del self._by_fd[fd]
+        member.stop()
+        self._stopped.append(member)
+
+    def _forget(self, worker_id: int) -> None:
+        """Joins the stopped worker that had ``worker_id`` and removes its segments."""
+        for member in [m for m in self._stopped if m.worker_id == worker_id]:
+            member.join()
+            self._stopped.remove(member)
+            self.members.remove(member)
+            if self.names is not None:
+                self.names.unlink_worker(worker_id)
+
+    def _watch(self, member: ProcessMember) -> None:
+        for fd, is_sentinel in ((member.results.fileno(), False), (member.handle.sentinel, True)):
+            self._by_fd[fd] = (member, is_sentinel)
+            self._poller.register(fd, select.POLLIN)
+
+    def park(self, timeout_s: float) -> None:
+        """Waits for the thread workers to park for a fork (each after its current task)."""
+        deadline = time.monotonic() + timeout_s
+        for member in [*self._active, *self._retiring]:
+            member.handle.join(max(0.0, deadline - time.monotonic()))
+
+    def resume(self) -> None:
+        """Starts the thread workers that parked for a fork again."""
+        for member in [*self._active, *self._retiring]:
+            member.resume()
+
     # -- map-style tasks ------------------------------------------------------------
 
     def begin_epoch(self) -> int:
@@ -367,14 +337,15 @@ class WorkerPool:
     def submit(self, task: _worker.Task) -> bool:
         """Writes ``task`` into the channel of the next worker in turn that has room.
 
-        Returns False if none has: each already holds ``prefetch_factor``
-        tasks, or as many unread bytes of tasks as its pipe safely takes.
+        Returns False if none has: each already holds ``prefetch`` tasks, or
+        as many unread bytes of tasks as its pipe safely takes.
         """
-        count = len(self.members)
-        encoded = self.members[0].encode(task)
+        active = self._active
+        count = len(active)
+        encoded = active[0].encode(task)
         for step in range(count):
-            member = self.members[(self._turn + step) % count]
-            if member.outstanding < self._per_worker and member.room_for(encoded):
+            member = active[(self._turn + step) % count]
+            if member.outstanding < self.prefetch and member.room_for(encoded):
                 self._turn = (member.worker_id + 1) % count
                 member.send_task(task, encoded)
                 return True
@@ -394,14 +365,18 @@ class WorkerPool:
         deadline = time.monotonic() + timeout_s
         while not self._ready:
             wait_s = deadline - time.monotonic()
+            started = time.perf_counter()
             if self.kind is WorkerKind.THREAD:
                 try:
-                    result = self._results.get(timeout=max(wait_s, 0.0))
+                    member, result = self._results.get(timeout=max(wait_s, 0.0))
                 except queue.Empty:
                     return None
-                self._settle(self.members[result.worker_id], result)
+                finally:
+                    self.blocked_s += time.perf_counter() - started
+                self._settle(member, result)
                 continue
             events = self._poller.poll(max(wait_s, 0.0) * 1000)
+            self.blocked_s += time.perf_counter() - started
             for fd, _ in events:
                 self._read(fd)
             if not self._ready and (self._dead_seen or not events or wait_s <= 0):
@@ -422,11 +397,14 @@ class WorkerPool:
             return
         self._settle(member, ForkingPickler.loads(data))
 
-    def _settle(self, member: _Member, result: _worker.Result) -> None:
+    def _settle(self, member: Member, result: _worker.Result) -> None:
         if result.status is _worker.Status.STREAM_ENDED:
             member.streaming = False
             return
         member.answered()
+        if member.outstanding == 0 and member in self._retiring:
+            self._retiring.remove(member)
+            self._stop(member)
         if result.epoch != self._epoch:
             self.release(result)  # an abandoned epoch's batch
             return
@@ -445,7 +423,7 @@ class WorkerPool:
         self.setup.stop.clear()
         epoch = next(_stream_epochs)
         start = _worker.StreamStart(epoch, shared_seed, resume_states)
-        for member in self.members:
+        for member in self._active:
             member.streaming = True
             member.send(start)
         return epoch
@@ -453,7 +431,7 @@ class WorkerPool:
     def _await_streams_ended(self) -> bool:
         """Reads results until every stream task has returned; False if that took too long."""
         deadline = time.monotonic() + _STREAM_STOP_S
-        while any(member.streaming for member in self.members):
+        while any(member.streaming for member in self._active):
             self.drain_streams()
             if time.monotonic() > deadline:
                 return False
@@ -491,8 +469,8 @@ class WorkerPool:
             self.receiver.release(result.payload)
 
     def check_alive(self) -> None:
-        """Raises :class:`WorkerDiedError` if any worker has exited."""
-        for member in self.members:
+        """Raises :class:`WorkerDiedError` if any worker that holds or takes tasks has exited."""
+        for member in [*self._active, *self._retiring]:
             handle = member.handle
             if self.kind is WorkerKind.PROCESS:
                 code = handle.exitcode
@@ -504,7 +482,7 @@ class WorkerPool:
                         pid=handle.pid,
                         exitcode=code,
                     )
-            elif not handle.is_alive():
+            elif not handle.is_alive() and not member.parked:
                 self.broken = True
                 raise WorkerDiedError(f"DataLoader worker thread {handle.name} stopped")
 
@@ -534,9 +512,9 @@ def _shutdown(state: tuple[Any, ...]) -> None:
         setup.stop.set()
     try:
         if kind is WorkerKind.PROCESS:
-            _stop_processes(members)
+            stop_processes(members)
         else:
-            _stop_threads(members)
+            stop_threads(members)
     finally:
         if setup.streams is not None and kind is WorkerKind.PROCESS:
             for stream in {id(s): s for s in setup.streams}.values():
@@ -544,42 +522,3 @@ def _shutdown(state: tuple[Any, ...]) -> None:
                 stream.cancel_join_thread()
         if names is not None:
             names.unlink_all()  # what the workers made and the main process never unlinked
-
-
-def _stop_processes(members: list[Any]) -> None:
-    """STOP to each worker; one still busy after a short grace is killed.
-
-    A worker told to stop exits with status 0, as torch's do (torch's tests
-    and users check it). SIGKILL, not SIGTERM, for the rest: a worker holds
-    nothing worth saving (the pool's segments are removed by name
-    afterwards), and no handler, ours or one a worker inherited from the
-    trainer, can run, delay or refuse it. The Process objects stay usable
-    (``pid``, ``exitcode``, ``join``): torch's ``_workers`` outlive the pool.
-    """
-    alive = [m for m in members if m.handle.exitcode is None]
-    stop = bytes(ForkingPickler.dumps(_worker.Command.STOP))
-    for member in alive:
-        fd = member.tasks.fileno()
-        os.set_blocking(fd, False)  # a worker that stopped reading must not block us
-        with contextlib.suppress(OSError):  # BlockingIOError, BrokenPipeError: killed below
-            member.tasks.send_bytes(stop)
-    deadline = time.monotonic() + _STOP_GRACE_S
-    while alive and time.monotonic() < deadline:
-        multiprocessing.connection.wait(
-            [m.handle.sentinel for m in alive], deadline - time.monotonic()
-        )
-        alive = [m for m in alive if m.handle.exitcode is None]
-    for member in alive:
-        member.handle.kill()
-    for member in members:
-        member.handle.join()
-        member.tasks.close()
-        member.results.close()
-
-
-def _stop_threads(members: list[Any]) -> None:
-    for member in members:
-        member.send(_worker.Command.STOP)
-    deadline = time.monotonic() + _THREAD_JOIN_S
-    for member in members:
-        member.handle.join(max(0.0, deadline - time.monotonic()))

@@ -31,6 +31,7 @@ import torch
 
 from ._epoch import EndlessSampler, Epoch, Tracked
 from ._generators import ThreadSafeIterator
+from ._tuning import AutoCount
 
 if TYPE_CHECKING:
     from ._pool import WorkerPool
@@ -199,6 +200,9 @@ class Resumable:
         if self.num_workers == 0 and not self._iterable:
             # The main process loads: its generators are the augmentations' (see docs/resume.md).
             state["process_rng"] = process_rng()
+        if isinstance(self.num_workers, AutoCount):
+            # What num_workers="auto" settled on: the resumed loader starts there.
+            state["auto"] = {"num_workers": int(self.num_workers)}
         if epoch is not None and not epoch.finished and epoch.worker_states:
             # A stateful iterable dataset: each process worker's state after its last batch.
             state["streams"] = {
@@ -217,6 +221,9 @@ class Resumable:
         """
         check_state(state_dict, config(self))
         self._resume_state = dict(state_dict)
+        auto = state_dict.get("auto")
+        if auto is not None and isinstance(self.num_workers, AutoCount):
+            self.num_workers = AutoCount(auto["num_workers"])
 
     def _snapshot(self) -> dict[str, Any]:
         pool = self._pool

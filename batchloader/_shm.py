@@ -166,6 +166,21 @@ class Names:
         """Removes every recorded segment that still has a file; returns how many."""
         return sum(_unlink_quietly(name) for name in self.all())
 
+    def unlink_worker(self, worker_id: int) -> int:
+        """Removes the segments of one worker that has exited, and forgets their names.
+
+        Its id then goes to a new worker, which records its own names in the same places.
+        """
+        size = self.records_per_worker * _NAME_BYTES
+        start = worker_id * size
+        raw = bytes(self.table[start : start + size])
+        names = [
+            raw[i : i + _NAME_BYTES].rstrip(b"\0").decode() for i in range(0, size, _NAME_BYTES)
+        ]
+        removed = sum(_unlink_quietly(name) for name in names if name)
+        self.table[start : start + size] = bytes(size)
+        return removed
+
 
 def _unlink_quietly(name: str) -> bool:
     try:

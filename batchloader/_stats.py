@@ -92,7 +92,8 @@ class Diagnosis:
 def diagnose(
     *,
     wait_share: float,
-    steady_wait_share: float,
+    first_batch_share: float,
+    starved_share: float,
     num_workers: int,
     busy_share: float,
     cpu_share: float,
@@ -102,15 +103,20 @@ def diagnose(
 ) -> Diagnosis:
     """Reads an epoch's (or a window's) numbers: what limits it, and what would help.
 
-    ``steady_wait_share`` leaves out the wait for the first batch (workers
-    starting); ``busy_share`` is the workers' over the same steady part;
-    ``step_s`` is the loop's own time per batch (not waiting), ``work_s`` a
-    worker's time to make one batch.
+    ``wait_share`` is the loop's time inside ``next()``, ``first_batch_share``
+    the part of the epoch before the first batch (workers starting);
+    ``starved_share`` the time after it that no batch was ready (blocked on
+    the workers), as opposed to handing one over. ``busy_share`` is the workers' over the
+    steady part; ``step_s`` the loop's own time per batch (not waiting),
+    ``work_s`` a worker's time to make one batch.
     """
     if wait_share < WAIT_THRESHOLD:
         return Diagnosis(Bottleneck.NONE)
-    if steady_wait_share < WAIT_THRESHOLD:
+    if first_batch_share >= wait_share / 2:
         return Diagnosis(Bottleneck.STARTUP)
+    if starved_share < WAIT_THRESHOLD:
+        # Never short of batches: the time in next() is handing them over, a fixed cost.
+        return Diagnosis(Bottleneck.NONE if num_workers else Bottleneck.MAIN_PROCESS)
     io_bound = cpu_share < IO_THRESHOLD
     cap = available_cores * (IO_WORKERS_PER_CORE if io_bound else 1)
     needed = cap if step_s <= 0 else min(cap, max(1, math.ceil(work_s / step_s)))
@@ -155,6 +161,7 @@ class LoaderStats:
     worker_busy_share: float
     worker_cpu_share: float
     steady_wait_share: float
+    starved_share: float
     ready_mean: float
     bytes: int
     settings: dict[str, Any] = field(default_factory=dict)
@@ -166,7 +173,8 @@ class LoaderStats:
         workers = int(self.settings.get("num_workers", 0))
         return diagnose(
             wait_share=self.wait_share,
-            steady_wait_share=self.steady_wait_share,
+            first_batch_share=self.first_batch_s / self.wall_s if self.wall_s else 0.0,
+            starved_share=self.starved_share,
             num_workers=workers,
             busy_share=self.worker_busy_share,
             cpu_share=self.worker_cpu_share,
@@ -203,8 +211,13 @@ def _verdict(s: LoaderStats) -> str:
     d = s.diagnosis
     busy = f"workers were {100 * s.worker_busy_share:.0f}% busy"
     match d.bottleneck:
-        case Bottleneck.NONE:
+        case Bottleneck.NONE if s.starved_share >= WAIT_THRESHOLD or s.wait_share < WAIT_THRESHOLD:
             return f"the loader is not the bottleneck ({waited} of the epoch waiting)"
+        case Bottleneck.NONE:
+            return (
+                f"the loader is not the bottleneck: a batch was always ready; handing each over "
+                f"took {s.wait_p50_s * 1e3:.2f} ms ({waited} of the epoch)"
+            )
         case Bottleneck.STARTUP:
             return (
                 f"the training loop waited for data {waited} of the time, mostly for the first "
@@ -224,11 +237,15 @@ def _verdict(s: LoaderStats) -> str:
                 "try prefetch_factor, in_order=False, a cheaper collate_fn or an ArrayDataset"
             )
         case Bottleneck.WORKERS_IO:
-            return (
-                f"the training loop waited for data {waited} of the time; {busy} but used the "
-                f"CPU only {100 * s.worker_cpu_share:.0f}% of it: the dataset waits on I/O; "
+            more = (
                 f"more workers than cores would help, up to {d.workers_needed} "
                 "(or thread_pool=True)"
+                if d.workers_needed > int(s.settings.get("num_workers", 0))
+                else "the workers are at auto's budget: faster storage, or thread_pool=True"
+            )
+            return (
+                f"the training loop waited for data {waited} of the time; {busy} but used the "
+                f"CPU only {100 * s.worker_cpu_share:.0f}% of it: the dataset waits on I/O; {more}"
             )
     cores_note = (
         f"more workers would help, up to {d.workers_needed}"
@@ -296,17 +313,22 @@ class EpochRecorder:
         self.cpu_s = 0.0
         self.ready_total = 0
         self.ready_count = 0
-        self.bytes_source: Callable[[], int] | None = None
-        self._bytes_at_start = 0
+        # Running totals kept elsewhere (the pool's), counted from when this epoch began.
+        self._sources: dict[str, tuple[Callable[[], float], float]] = {}
+        self.starved_s = 0.0  # without a pool: the time the loop spent making batches itself
         self._workers = int(settings.get("num_workers", 0))
         self._worker_seconds = 0.0
         self._workers_since = self.started
         self.decisions: list[str] = []
 
-    def watch_bytes(self, source: Callable[[], int]) -> None:
-        """Counts the bytes ``source`` reports from now on (a receiver's running total)."""
-        self.bytes_source = source
-        self._bytes_at_start = source()
+    def watch(self, name: str, source: Callable[[], float]) -> None:
+        """Counts ``name`` (``"bytes"``, ``"starved_s"``) as ``source``'s running total grows."""
+        self._sources[name] = (source, source())
+
+    def counted(self, name: str) -> float:
+        """How much a watched total has grown since this epoch began (0 if not watched)."""
+        source, start = self._sources.get(name, (None, 0.0))
+        return 0.0 if source is None else source() - start
 
     def delivered(self, asked: float, got: float) -> None:
         """A batch reached the user: asked for at ``asked``, returned at ``got``.
@@ -354,7 +376,9 @@ class EpochRecorder:
         else:
             busy_share = (self.busy_s - first_work) / (worker_seconds * steady / wall)
         batches = self.wait.count
-        moved = 0 if self.bytes_source is None else self.bytes_source() - self._bytes_at_start
+        moved = int(self.counted("bytes"))
+        starved = self.counted("starved_s") if "starved_s" in self._sources else self.starved_s
+        steady_starved = max(0.0, starved - self.first_batch_s)
         return LoaderStats(
             epoch=self.epoch,
             running=self.ended is None,
@@ -372,6 +396,7 @@ class EpochRecorder:
             worker_busy_share=max(0.0, min(1.0, busy_share)),
             worker_cpu_share=min(1.0, self.cpu_s / self.busy_s) if self.busy_s > 0 else 0.0,
             steady_wait_share=max(0.0, min(1.0, steady_wait / steady)),
+            starved_share=max(0.0, min(1.0, steady_starved / steady)),
             ready_mean=self.ready_total / self.ready_count if self.ready_count else 0.0,
             bytes=moved,
             settings=dict(self.settings),

@@ -30,6 +30,7 @@ import os
 import time
 from dataclasses import dataclass
 
+from ._config import LoaderConfig, WorkerKind
 from ._stats import (
     BUSY_THRESHOLD,
     IO_THRESHOLD,
@@ -39,7 +40,7 @@ from ._stats import (
     cores,
 )
 
-__all__ = ["AutoTuner", "Change", "max_workers"]
+__all__ = ["AutoCount", "AutoTuner", "Change", "LoaderAuto", "max_workers", "start_workers"]
 
 # A window is at least this long and holds at least this many batches.
 _WINDOW_S = 0.4
@@ -54,6 +55,23 @@ _REOPEN = 0.05
 _MAX_PREFETCH = 8
 # Of /dev/shm's free space, what batches in flight may take.
 _SHM_SHARE = 4
+
+
+class AutoCount(int):
+    """An ``"auto"`` setting as the loader keeps it: the count in use now, as an int.
+
+    ``loader.num_workers`` stays an int for the code that compares it (Lightning
+    does), and giving it to a new ``DataLoader`` (as frameworks that rebuild
+    the loader do) keeps it automatic.
+    """
+
+    def __repr__(self) -> str:
+        return f"auto({int(self)})"
+
+
+def start_workers() -> int:
+    """Where auto starts when it knows nothing yet: one worker per core, up to 8."""
+    return min(cores(), 8)
 
 
 def max_workers(*, processes: bool) -> int:
@@ -90,7 +108,7 @@ class _Window:
 
     at: float
     batches: int
-    wait_s: float
+    starved_s: float
     busy_s: float
     cpu_s: float
 
@@ -110,20 +128,31 @@ class AutoTuner:
         workers: int,
         prefetch: int,
         processes: bool,
-        auto_prefetch: bool,
+        auto_workers: bool = True,
+        auto_prefetch: bool = False,
         limit: int | None = None,
     ) -> None:
         self.workers = workers
         self.prefetch = prefetch
         self._processes = processes
+        self._auto_workers = auto_workers
         self._auto_prefetch = auto_prefetch
-        self._limit = limit if limit is not None else max_workers(processes=processes)
+        limit = limit if limit is not None else max_workers(processes=processes)
+        self._limit = limit if auto_workers else workers
         self._phase = _Phase.SEARCHING
         self._window: _Window | None = None
         self._rates: dict[int, float] = {}  # workers -> batches/s measured with that many
         self._before: tuple[int, int, float, float] | None = None  # (workers, prefetch, rate, wait)
         self._ceiling = self._limit + 1  # a count found not to help: below it from now on
         self._settled_wait = 0.0
+
+    def begin_epoch(self, workers: int, prefetch: int) -> None:
+        """A new epoch (a new recorder): windows start afresh; a settled count stays settled."""
+        self.workers, self.prefetch = workers, prefetch
+        self._window = None
+        if self._phase is _Phase.CHECKING:
+            self._phase = _Phase.SEARCHING
+            self._before = None
 
     # -- observing ------------------------------------------------------------------
 
@@ -132,19 +161,21 @@ class AutoTuner:
         now = time.perf_counter()
         window = self._window
         batches = stats.wait.count
+        starved = stats.counted("starved_s")
         if window is None or batches <= 1:  # the first batch (workers starting) is no window
-            self._window = _Window(now, batches, stats.wait.total, stats.busy_s, stats.cpu_s)
+            self._window = _Window(now, batches, starved, stats.busy_s, stats.cpu_s)
             return None
         elapsed = now - window.at
         few = batches - window.batches < _WINDOW_BATCHES
         if elapsed < _WINDOW_S or (few and elapsed < _WINDOW_MAX_S):
             return None
         rate = (batches - window.batches) / elapsed
-        wait = (stats.wait.total - window.wait_s) / elapsed
+        # The loop's waiting here is the time no batch was ready (not handing one over).
+        wait = (starved - window.starved_s) / elapsed
         busy_s, cpu_s = stats.busy_s - window.busy_s, stats.cpu_s - window.cpu_s
         busy = busy_s / (max(self.workers, 1) * elapsed)
         cpu = cpu_s / busy_s if busy_s > 0 else 1.0
-        self._window = _Window(now, batches, stats.wait.total, stats.busy_s, stats.cpu_s)
+        self._window = _Window(now, batches, starved, stats.busy_s, stats.cpu_s)
         self._rates[self.workers] = rate
         return self._decide(rate, wait, busy, cpu, batch_bytes)
 
@@ -171,12 +202,14 @@ class AutoTuner:
                 return self._try(self.workers, self.prefetch * 2, rate, wait, why)
             return self._settle(wait)
         needed = max(1, math.ceil(self.workers * busy / BUSY_THRESHOLD))
-        if needed < self.workers:
+        if needed < self.workers and self._auto_workers:
             why = f"the loop did not wait; workers {100 * busy:.0f}% busy: {needed} suffice"
             return self._try(needed, self.prefetch, rate, wait, why)
         return self._settle(wait)
 
     def _grow(self, rate: float, wait: float, *, io_bound: bool, batch_bytes: int) -> Change | None:
+        if not self._auto_workers:
+            return self._settle(wait)
         cap = min(self._ceiling - 1, self._limit)
         if not io_bound:
             cap = min(cap, cores())
@@ -224,3 +257,44 @@ class AutoTuner:
         self._phase = _Phase.SETTLED
         self._settled_wait = wait
         return None
+
+
+class LoaderAuto:
+    """One loader's automatic settings: the pool's capacity, and a tuner kept across epochs.
+
+    Example::
+
+        auto = LoaderAuto()
+        pool = WorkerPool(config, spec, seed, capacity=auto.capacity(config, iterable=False))
+        tuner = auto.tuner(config, pool.num_workers, pool.prefetch)  # None unless "auto"
+    """
+
+    def __init__(self) -> None:
+        self._tuner: AutoTuner | None = None
+
+    @staticmethod
+    def capacity(config: LoaderConfig, *, iterable: bool) -> int:
+        """How many workers the pool must be able to hold (more than it starts with, if auto)."""
+        if not config.auto_workers or iterable:
+            return config.num_workers
+        return max(config.num_workers, max_workers(processes=_is_process(config)))
+
+    def tuner(self, config: LoaderConfig, workers: int, prefetch: int) -> AutoTuner | None:
+        """The loader's tuner, set for this epoch's pool; None when nothing is automatic."""
+        if not (config.auto_workers or config.auto_prefetch):
+            self._tuner = None
+            return None
+        if self._tuner is None:
+            self._tuner = AutoTuner(
+                workers=workers,
+                prefetch=prefetch,
+                processes=_is_process(config),
+                auto_workers=config.auto_workers,
+                auto_prefetch=config.auto_prefetch,
+            )
+        self._tuner.begin_epoch(workers, prefetch)
+        return self._tuner
+
+
+def _is_process(config: LoaderConfig) -> bool:
+    return config.worker_kind is WorkerKind.PROCESS

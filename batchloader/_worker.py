@@ -427,8 +427,11 @@ def serve_thread(
             except queue.Empty:
                 continue
 
+    def send(result: Result) -> None:
+        results.put((member, result))  # the pool counts what each worker still owes
+
     try:
-        _serve(receive, results.put)
+        _serve(receive, send)
     except _Parked:
         return
 
@@ -494,6 +497,59 @@ def _next_shared_batch(spec: FetchSpec, take: Any, epoch: int) -> tuple[int, Any
     return number, spec.collate_fn(items[0] if single else items)
 
 
+# A batch this long also reads how long the thread waited for a CPU (a file read: a few us).
+_RUN_QUEUE_MIN_S = 0.001
+
+
+class _SchedStat:
+    """This thread's /proc/thread-self/schedstat, kept open; closed when the thread ends."""
+
+    def __init__(self) -> None:
+        try:
+            self.fd = os.open("/proc/thread-self/schedstat", os.O_RDONLY)
+        except OSError:
+            self.fd = -1
+        self.last = self.run_queue_s()
+
+    def run_queue_s(self) -> float:
+        if self.fd < 0:
+            return 0.0
+        try:
+            return int(os.pread(self.fd, 64, 0).split()[1]) * 1e-9
+        except (OSError, ValueError, IndexError):
+            return 0.0
+
+    def __del__(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+
+
+_sched = threading.local()
+
+
+def _waited_for_cpu() -> float:
+    """Seconds this thread was runnable but not running since the last call (Linux), else 0.
+
+    Wall time minus CPU time is not all I/O: on a busy machine part of it is
+    waiting for a core, which more workers would not help.
+    """
+    stat = getattr(_sched, "stat", None)
+    if stat is None:
+        stat = _sched.stat = _SchedStat()  # the time before now is not this batch's
+    now = stat.run_queue_s()
+    waited, stat.last = now - stat.last, now
+    return waited
+
+
+def _busy_and_cpu(started: float, cpu_started: float) -> tuple[float, float]:
+    """A batch's wall time, and the part of it the worker ran or was ready to run."""
+    busy = time.perf_counter() - started
+    cpu = time.thread_time() - cpu_started
+    if busy >= _RUN_QUEUE_MIN_S:
+        cpu = min(busy, cpu + _waited_for_cpu())
+    return busy, cpu
+
+
 def _outgoing(state: _WorkerState, batch: Any) -> Any:
     return batch if state.setup.shm_prefix is None else _shm.pack(batch)
 
@@ -513,7 +569,7 @@ def run_task(task: Task) -> Result:
     except Exception as e:
         _shm.abandon()
         return Result(task.batch_id, wid, Status.ERROR, _RemoteError.capture(e), epoch)
-    busy, cpu = time.perf_counter() - started, time.thread_time() - cpu
+    busy, cpu = _busy_and_cpu(started, cpu)
     return Result(task.batch_id, wid, Status.OK, payload, epoch, None, busy, cpu)
 
 
@@ -581,7 +637,7 @@ def stream_shard(
         else:
             after = dataset.state_dict() if stateful else None
             payload = _outgoing(state, batch)
-            busy, cpu = time.perf_counter() - started, time.thread_time() - cpu
+            busy, cpu = _busy_and_cpu(started, cpu)
             outgoing = Result(n, wid, Status.OK, payload, epoch, after, busy, cpu)
         if not _put(state, outgoing):
             return

@@ -9,6 +9,7 @@ need; :class:`LoaderConfig`, how they run) for the iterator it picks.
 
 from __future__ import annotations
 
+import functools
 import multiprocessing
 import warnings
 import weakref
@@ -24,7 +25,7 @@ from torch.utils.data import IterableDataset as _TorchIterableDataset
 from torch.utils.data.dataloader import _DatasetKind, _InfiniteConstantSampler
 
 from . import _arguments as args
-from . import _datapipes, _resume, _seeding, _worker_memory
+from . import _datapipes, _resume, _seeding, _tuning, _worker_memory
 from ._batch_dataset import batch_dataset_options, is_batch_dataset
 from ._batch_sampler import resolve_last_batch
 from ._config import FetchMode, FetchSpec, LoaderConfig, WorkerKind
@@ -69,6 +70,17 @@ def _default_context() -> multiprocessing.context.BaseContext:
     nothing pickled, and no thread of the pool runs while it forks.
     """
     return multiprocessing.get_context(multiprocessing.get_start_method(allow_none=True) or "fork")
+
+
+def _remember_auto(loader_ref: weakref.ref[DataLoader[Any]], change: _tuning.Change) -> None:
+    """What auto settled on is the loader's setting from now on (and where the next epoch starts)."""
+    loader = loader_ref()
+    if loader is None:
+        return
+    if isinstance(loader.num_workers, _tuning.AutoCount):
+        loader.num_workers = _tuning.AutoCount(change.workers)
+    if isinstance(loader.prefetch_factor, _tuning.AutoCount):
+        loader.prefetch_factor = _tuning.AutoCount(change.prefetch)
 
 
 def _no_iterator() -> None:
@@ -173,6 +185,10 @@ class DataLoader(_resume.Resumable, _TorchDataLoader[T_co]):
     ):
         args.check_dataset(dataset)
         args.check_flags(thread_pool=thread_pool, in_order=in_order, share_dataset=share_dataset)
+        num_workers = args.resolve_auto(num_workers, "num_workers", _tuning.start_workers())
+        prefetch_factor = args.resolve_auto(
+            prefetch_factor, "prefetch_factor", _DEFAULT_PREFETCH_FACTOR
+        )
         self._batch_dataset = is_batch_dataset(dataset)
         if self._batch_dataset:
             batch_size, num_workers, thread_pool, prefetch_factor = self._keras_defaults(
@@ -224,6 +240,7 @@ class DataLoader(_resume.Resumable, _TorchDataLoader[T_co]):
         self.thread_pool = thread_pool
         self.share_dataset = share_dataset
         self._memory = _worker_memory.WorkerMemory()
+        self._auto = _tuning.LoaderAuto()
         self.generator = generator
         self.sampler, self.batch_sampler = self._make_samplers(
             shuffle, sampler, batch_sampler, batch_size, mode
@@ -334,7 +351,8 @@ class DataLoader(_resume.Resumable, _TorchDataLoader[T_co]):
         return default_convert if self.batch_sampler is None else default_collate
 
     def _check_worker_count(self) -> None:
-        if self.num_workers > 0 and not self.thread_pool:
+        auto = isinstance(self.num_workers, _tuning.AutoCount)  # auto keeps to its own budget
+        if self.num_workers > 0 and not self.thread_pool and not auto:
             self.check_worker_number_rationality()  # torch's warning, in torch's words
 
     def _check_sharding(self) -> None:
@@ -385,9 +403,9 @@ class DataLoader(_resume.Resumable, _TorchDataLoader[T_co]):
             drop_last=self.drop_last,
         )
         config = LoaderConfig(
-            num_workers=self.num_workers,
+            num_workers=int(self.num_workers),
             worker_kind=WorkerKind.THREAD if self.thread_pool else WorkerKind.PROCESS,
-            prefetch_factor=self.prefetch_factor or _DEFAULT_PREFETCH_FACTOR,
+            prefetch_factor=int(self.prefetch_factor or _DEFAULT_PREFETCH_FACTOR),
             timeout_s=float(self.timeout),
             in_order=self.in_order,
             persistent_workers=self.persistent_workers,
@@ -396,6 +414,8 @@ class DataLoader(_resume.Resumable, _TorchDataLoader[T_co]):
             pin_memory_device=self.pin_memory_device,
             merged_streams=self._iterable
             and (not self.in_order or isinstance(self.dataset, ThreadSafeIterator)),
+            auto_workers=isinstance(self.num_workers, _tuning.AutoCount),
+            auto_prefetch=isinstance(self.prefetch_factor, _tuning.AutoCount),
         )
         return spec, config
 
@@ -457,12 +477,16 @@ class DataLoader(_resume.Resumable, _TorchDataLoader[T_co]):
         self._pool = None
         return None
 
+    def _new_pool(self, config: LoaderConfig, spec: FetchSpec, base_seed: int) -> WorkerPool:
+        capacity = self._auto.capacity(config, iterable=self._iterable)
+        return WorkerPool(config, spec, base_seed, capacity=capacity)
+
     def _make_iterator(self, spec: FetchSpec, config: LoaderConfig, epoch: Epoch) -> Any:
         pool = self._reusable_pool(spec, config) if config.persistent_workers else None
         resumed_pool, self._resume_pool = self._resume_pool, None
         if config.persistent_workers and pool is None and resumed_pool is not None:
             # As in the saved run: this epoch's pool already existed, so no seed is drawn.
-            pool = self._pool = WorkerPool(config, spec, resumed_pool[0])
+            pool = self._pool = self._new_pool(config, spec, resumed_pool[0])
             self._pool_epochs = resumed_pool[1]
         shared_seed = None
         if _datapipes.is_iter_datapipe(spec.dataset):
@@ -475,13 +499,13 @@ class DataLoader(_resume.Resumable, _TorchDataLoader[T_co]):
             return SingleProcessIter(spec, self._index_sampler, shared_seed, epoch=epoch)
         if config.persistent_workers:
             if pool is None:
-                pool = self._pool = WorkerPool(config, spec, base_seed)
+                pool = self._pool = self._new_pool(config, spec, base_seed)
                 self._pool_epochs = 0
             owns = False
             epoch_seed = _seeding.epoch_seed(pool.base_seed, self._pool_epochs)
             self._pool_epochs += 1
         else:
-            pool, owns = WorkerPool(config, spec, base_seed), True
+            pool, owns = self._new_pool(config, spec, base_seed), True
             epoch_seed = _seeding.epoch_seed(base_seed, 0)
         if self._iterable:
             stream = StreamingIter(
@@ -504,8 +528,11 @@ class DataLoader(_resume.Resumable, _TorchDataLoader[T_co]):
             skip=epoch.prefix,
             done=frozenset(epoch.ahead),
             stats=epoch.stats,
+            tuner=self._auto.tuner(config, pool.num_workers, pool.prefetch),
+            on_change=functools.partial(_remember_auto, weakref.ref(self)),
         )
         epoch.log = iterator.log
+        epoch.tune = iterator.tune
         return iterator
 
     @property

@@ -89,6 +89,8 @@ class _FakePool:
     receiver = None
     broken = False
     closed = False
+    max_in_flight = 4  # two workers, two tasks each
+    blocked_s = 0.0
 
     def __init__(self, spec, *, hold=()):
         self.spec, self.sent, self.hold = spec, [], set(hold)

@@ -1,0 +1,165 @@
+"""``num_workers="auto"``: the pool grows and shrinks while the epoch runs; batches never change.
+
+Most tests drive the resizing on a fixed schedule (a scripted tuner), so that
+they pin the machinery, not the tuner's judgement; the last ones run the real
+tuner on a dataset whose needs are plain.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from batchloader import DataLoader, _tuning
+from batchloader._tuning import AutoCount, Change
+from tests.helpers import RangeDataset, SlowDataset, assert_no_leaks, child_pids, shm_segments
+
+
+class Augmented(RangeDataset):
+    """Each sample draws from torch's, NumPy's and Python's global generators."""
+
+    def __getitem__(self, i: int):
+        import random
+
+        import numpy as np
+
+        return torch.tensor([i, torch.randint(0, 10**6, ()).item(), np.random.randint(10**6),
+                             random.randrange(10**6)])  # fmt: skip
+
+
+@pytest.fixture
+def scripted(monkeypatch):
+    """Makes auto's tuner change the worker count every few batches, on a fixed schedule."""
+    sizes = itertools.cycle([3, 1, 4, 2, 1, 3])
+
+    def observe(self, stats, batch_bytes=0):
+        if stats.wait.count % 5 != 2:
+            return None
+        self.workers = next(sizes)
+        return Change(self.workers, self.prefetch, "scripted")
+
+    monkeypatch.setattr(_tuning.AutoTuner, "observe", observe)
+
+
+def _epoch(loader):
+    return [b.tolist() for b in loader]
+
+
+def _samples(loader):
+    return [sample for batch in loader for sample in batch.tolist()]
+
+
+def test_auto_keeps_num_workers_an_int_that_says_auto():
+    """loader.num_workers is an int (what Lightning compares), shown as auto(n)."""
+    loader = DataLoader(RangeDataset(4), num_workers="auto")
+    assert isinstance(loader.num_workers, int) and isinstance(loader.num_workers, AutoCount)
+    assert repr(loader.num_workers) == f"auto({int(loader.num_workers)})"
+    rebuilt = DataLoader(RangeDataset(4), num_workers=loader.num_workers)
+    assert isinstance(rebuilt.num_workers, AutoCount)  # a framework's rebuild keeps it auto
+
+
+def test_a_word_other_than_auto_is_refused():
+    """num_workers='many' names the argument and what it takes."""
+    with pytest.raises(ValueError, match=r"num_workers should be an integer or 'auto'.*'many'"):
+        DataLoader(RangeDataset(4), num_workers="many")
+
+
+@pytest.mark.parametrize("in_order", [True, False])
+def test_resizing_mid_epoch_gives_the_batches_of_a_fixed_count(scripted, in_order):
+    """Growing and shrinking during the epoch: the same augmented batches as 2 fixed workers."""
+    dataset = Augmented(120)
+    options = {"batch_size": 4, "shuffle": True, "in_order": in_order}
+    fixed = _epoch(
+        DataLoader(dataset, num_workers=2, generator=torch.Generator().manual_seed(7), **options)
+    )
+    auto = DataLoader(
+        dataset, num_workers="auto", generator=torch.Generator().manual_seed(7), **options
+    )
+    got = _epoch(auto)
+    assert (got if in_order else sorted(got)) == (fixed if in_order else sorted(fixed))
+    assert len(auto.stats.decisions) >= 5  # it did change, several times
+
+
+def test_thread_workers_resize_too(scripted):
+    """Thread workers (thread_pool=True) grow and shrink; nothing is lost or repeated."""
+    loader = DataLoader(RangeDataset(100), batch_size=4, num_workers="auto", thread_pool=True)
+    assert sorted(_samples(loader)) == list(range(100))
+    assert len(loader.stats.decisions) >= 5
+
+
+def test_resizing_leaves_no_process_or_segment_behind(scripted):
+    """After epochs that grew and shrank the pool, closing leaves nothing."""
+    before_children, before_shm = child_pids(), shm_segments()
+    with DataLoader(
+        RangeDataset(200), batch_size=8, num_workers="auto", persistent_workers=True
+    ) as loader:
+        for _ in range(2):
+            assert sorted(_samples(loader)) == list(range(200))
+    assert_no_leaks(before_children, before_shm)
+
+
+def test_resume_across_a_change_of_worker_count(scripted):
+    """A state saved mid-epoch under one count resumes under another with the same batches."""
+    dataset = Augmented(80)
+
+    def loader():
+        return DataLoader(
+            dataset, batch_size=4, shuffle=True, num_workers="auto",
+            generator=torch.Generator().manual_seed(11),
+        )  # fmt: skip
+
+    whole = _epoch(loader())
+    first = loader()
+    iterator = iter(first)
+    head = [next(iterator).tolist() for _ in range(9)]
+    state = first.state_dict()
+    assert state["auto"]["num_workers"] == int(first.num_workers)
+    iterator.close()
+    second = loader()
+    second.load_state_dict(state)
+    assert head + _epoch(second) == whole
+
+
+def test_the_settled_count_is_where_the_next_epoch_starts(scripted):
+    """loader.num_workers follows auto's changes, so the next epoch (and a rebuild) starts there."""
+    loader = DataLoader(RangeDataset(40), batch_size=4, num_workers="auto")
+    _epoch(loader)
+    last = loader.stats.decisions[-1]
+    assert last.split(": ")[1].startswith(f"{int(loader.num_workers)} workers")
+
+
+def test_a_pin_memory_thread_parks_while_auto_resizes(scripted, monkeypatch):
+    """With a pin-memory thread running, auto's forks happen while it is parked."""
+    from batchloader import loader as loader_module
+
+    monkeypatch.setattr(loader_module, "make_pin_fn", lambda *_, **__: lambda b: b)
+    seeded = {"batch_size": 4, "generator": torch.Generator().manual_seed(5)}
+    got = _epoch(DataLoader(Augmented(60), num_workers="auto", pin_memory=True, **seeded))
+    seeded["generator"] = torch.Generator().manual_seed(5)
+    assert got == _epoch(DataLoader(Augmented(60), num_workers=2, **seeded))
+
+
+def test_auto_grows_the_pool_for_an_io_bound_dataset():
+    """Workers that sleep: the loop waits, so auto adds workers (more than the cores)."""
+    loader = DataLoader(SlowDataset(800, delay_s=0.005), batch_size=4, num_workers="auto")
+    assert sorted(_samples(loader)) == list(range(800))
+    assert int(loader.num_workers) > _tuning.cores(), str(loader.stats)
+    assert "I/O" in loader.stats.decisions[0]
+
+
+def test_auto_uses_few_workers_when_the_training_step_is_slow():
+    """A loop slower than loading: auto ends with no more workers than it needs."""
+    import time
+
+    loader = DataLoader(
+        SlowDataset(200, delay_s=0.0005), batch_size=4, num_workers="auto",
+        persistent_workers=True,
+    )  # fmt: skip
+    with loader:
+        for _ in range(2):
+            for _ in loader:
+                time.sleep(0.02)
+        assert int(loader.num_workers) <= 2, str(loader.stats)
+        assert loader.stats.starved_share < 0.02, str(loader.stats)
