@@ -18,8 +18,8 @@ from typing import Any
 
 from . import _datapipes
 from ._config import FetchSpec
+from ._fetch import fetch_batch, next_iterable_batch, number_batches
 from ._stats import EpochRecorder
-from ._worker import fetch_batch, next_iterable_batch, number_batches
 
 __all__ = [
     "EndlessSampler",

@@ -20,6 +20,7 @@ from multiprocessing.reduction import ForkingPickler
 from typing import Any
 
 from . import _fork_guard, _worker
+from ._process_life import forking_workers
 
 __all__ = ["Member", "ProcessMember", "ThreadMember", "stop_processes", "stop_threads"]
 
@@ -91,7 +92,7 @@ class ProcessMember(Member):
             name=f"batchloader-worker-{worker_id}",
             daemon=True,
         )
-        with _worker.forking_workers():
+        with forking_workers():
             self.handle.start()
         task_reader.close()  # the worker's ends: only the worker holds them now
         result_writer.close()

@@ -38,11 +38,12 @@ from typing import Any
 from . import _fork_guard
 from ._config import LoaderConfig
 from ._errors import LoaderTimeoutError
+from ._fetch import number_batches
 from ._pool import WorkerPool
 from ._seeding import batch_seed
 from ._stats import EpochRecorder
 from ._tuning import AutoTuner, Change
-from ._worker import Result, Status, Task, number_batches
+from ._worker import Result, Status, Task
 
 __all__ = ["MultiWorkerIter", "StreamingIter"]
 

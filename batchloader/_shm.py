@@ -96,12 +96,19 @@ class _ShmArray:
     nbytes: int
     slot: int | None  # a reused segment's lease index; None for a one-off segment
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Positional rebuild: several times cheaper than a frozen dataclass's setstate.
+        return (_ShmArray, (self.name, self.shape, self.dtype, self.kind, self.nbytes, self.slot))
+
 
 @dataclass(frozen=True, slots=True)
 class _InlineArray:
     """A small tensor carried by value as a NumPy array; arrives as a tensor again."""
 
     array: np.ndarray
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_InlineArray, (self.array,))
 
 
 @dataclass(slots=True)

@@ -172,7 +172,18 @@ def _stack_uniform(batch: Sequence[np.ndarray]) -> torch.Tensor | None:
     """
     first = batch[0]
     dtype, shape = first.dtype, first.shape
-    if first.nbytes * len(batch) >= _PARALLEL_COPY_BYTES and torch.get_num_threads() > 1:
+    nbytes = first.nbytes * len(batch)
+    if nbytes < _SMALL_BATCH_BYTES and dtype.isnative and dtype.kind in _TORCH_KINDS:
+        # One C-level copy, no per-sample check in Python. NumPy promotes mixed dtypes;
+        # if the result kept the first sample's dtype, torch.stack would keep it too.
+        try:
+            stacked = np.array(batch)
+        except ValueError:  # ragged: the general path raises torch's error
+            return None
+        if stacked.dtype == dtype and stacked.shape == (len(batch), *shape):
+            return torch.from_numpy(stacked)
+        return None
+    if nbytes >= _PARALLEL_COPY_BYTES and torch.get_num_threads() > 1:
         return None  # torch.stack copies a large batch with all its threads; NumPy uses one
     if not dtype.isnative or not all(
         type(a) is np.ndarray and a.dtype == dtype and a.shape == shape for a in batch
@@ -199,6 +210,27 @@ def _unchanged(batch: Sequence[Any]) -> Sequence[Any]:
 
 # From this size torch.stack's multi-threaded copy beats one NumPy copy (when torch has threads).
 _PARALLEL_COPY_BYTES = 1 << 20
+# Below this a batch is not put in shared memory: one np.array() call makes it fastest.
+_SMALL_BATCH_BYTES = 64 * 1024
+# The dtype kinds torch has (bool, signed, unsigned, float, complex).
+_TORCH_KINDS = frozenset("biufc")
+
+
+def _collate_ints(batch: Sequence[int]) -> torch.Tensor:
+    """torch.tensor(batch), the common case (exact ints) several times faster."""
+    if all(type(v) is int for v in batch):
+        try:
+            return torch.from_numpy(np.fromiter(batch, np.int64, len(batch)))
+        except OverflowError:
+            pass  # torch's own error, below
+    return torch.tensor(batch)
+
+
+def _collate_floats(batch: Sequence[float]) -> torch.Tensor:
+    """torch.tensor(batch, dtype=torch.float64), the common case faster."""
+    if all(type(v) is float for v in batch):
+        return torch.from_numpy(np.fromiter(batch, np.float64, len(batch)))
+    return torch.tensor(batch, dtype=torch.float64)
 
 _NUMPY_SCALARS = (np.bool_, np.number, np.object_)
 
@@ -207,8 +239,8 @@ _TORCH_LEAVES: _Leaves = (
     (torch.Tensor, _collate_tensors),
     (np.ndarray, _collate_arrays),
     (_NUMPY_SCALARS, torch.as_tensor),
-    (float, functools.partial(torch.tensor, dtype=torch.float64)),
-    (int, torch.tensor),
+    (float, _collate_floats),
+    (int, _collate_ints),
     ((str, bytes), _unchanged),
 )
 _NUMPY_LEAVES: _Leaves = (
@@ -230,13 +262,14 @@ def _is_namedtuple(value: Any) -> bool:
 
 
 def _transpose(batch: Sequence[Sequence[Any]]) -> list[tuple[Any, ...]]:
-    lengths = [len(sample) for sample in batch]
-    if any(n != lengths[0] for n in lengths):
+    try:
+        return list(zip(*batch, strict=True))
+    except ValueError:
+        lengths = [len(sample) for sample in batch]
         raise RuntimeError(
             "each element in list of batch should be of equal size; "
             f"got lengths {lengths[:_MAX_LISTED]}{' ...' if len(lengths) > _MAX_LISTED else ''}"
-        )
-    return list(zip(*batch, strict=True))
+        ) from None
 
 
 def _collate(batch: Sequence[Any], leaves: _Leaves, name: str) -> Any:

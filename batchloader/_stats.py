@@ -14,13 +14,22 @@ import enum
 import math
 import os
 import random
+import threading
 import time
 from array import array
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Bottleneck", "Diagnosis", "EpochRecorder", "LoaderStats", "cores", "diagnose"]
+__all__ = [
+    "Bottleneck",
+    "Diagnosis",
+    "EpochRecorder",
+    "LoaderStats",
+    "cores",
+    "diagnose",
+    "work_time",
+]
 
 # Below this share of the epoch spent waiting, the loader is not what limits training.
 WAIT_THRESHOLD = 0.02
@@ -403,3 +412,56 @@ class EpochRecorder:
             decisions=tuple(self.decisions),
             available_cores=cores(),
         )
+
+
+# A batch this long also reads how long the thread waited for a CPU (a file read: a few us).
+_RUN_QUEUE_MIN_S = 0.001
+
+
+class _SchedStat:
+    """This thread's /proc/thread-self/schedstat, kept open; closed when the thread ends."""
+
+    def __init__(self) -> None:
+        try:
+            self.fd = os.open("/proc/thread-self/schedstat", os.O_RDONLY)
+        except OSError:
+            self.fd = -1
+        self.last = self.run_queue_s()
+
+    def run_queue_s(self) -> float:
+        if self.fd < 0:
+            return 0.0
+        try:
+            return int(os.pread(self.fd, 64, 0).split()[1]) * 1e-9
+        except (OSError, ValueError, IndexError):
+            return 0.0
+
+    def __del__(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+
+
+_sched = threading.local()
+
+
+def _waited_for_cpu() -> float:
+    """Seconds this thread was runnable but not running since the last call (Linux), else 0.
+
+    Wall time minus CPU time is not all I/O: on a busy machine part of it is
+    waiting for a core, which more workers would not help.
+    """
+    stat = getattr(_sched, "stat", None)
+    if stat is None:
+        stat = _sched.stat = _SchedStat()  # the time before now is not this batch's
+    now = stat.run_queue_s()
+    waited, stat.last = now - stat.last, now
+    return waited
+
+
+def work_time(started: float, cpu_started: float) -> tuple[float, float]:
+    """A batch's wall time, and the part of it the worker ran or was ready to run."""
+    busy = time.perf_counter() - started
+    cpu = time.thread_time() - cpu_started
+    if busy >= _RUN_QUEUE_MIN_S:
+        cpu = min(busy, cpu + _waited_for_cpu())
+    return busy, cpu

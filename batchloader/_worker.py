@@ -24,30 +24,28 @@ Wire protocol::
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import enum
 import gc
 import itertools
-import multiprocessing.util
 import os
 import queue
-import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.reduction import ForkingPickler
 from typing import Any
 
-import numpy as np
 import torch
 
 from . import _datapipes, _fork_guard, _seeding, _shm
-from ._batch_dataset import check_batch
-from ._config import FetchMode, FetchSpec
+from ._config import FetchSpec
 from ._errors import _RemoteError
+from ._fetch import fetch_batch, next_iterable_batch, next_shared_batch
+from ._process_life import die_with_parent, forget_parent_signal_handlers, keep_freed_memory
+from ._stats import work_time
 
 __all__ = [
     "Command",
@@ -56,13 +54,9 @@ __all__ = [
     "StreamStart",
     "Task",
     "WorkerSetup",
-    "fetch_batch",
-    "forking_workers",
     "get_worker_info",
     "init_process_worker",
     "init_thread_worker",
-    "next_iterable_batch",
-    "number_batches",
     "run_task",
     "serve_process",
     "serve_thread",
@@ -71,10 +65,6 @@ __all__ = [
 
 # How long a streaming worker waits on a full queue before checking the stop flag.
 _PUT_POLL_S = 0.1
-# How often a process worker checks that the main process is still alive.
-_PARENT_POLL_S = 0.2
-# How long a worker that ends by itself waits to learn whether the main process died.
-_REPARENT_WAIT_S = 1.0
 # How often an idle thread worker checks whether a fork waits for it to park.
 _PARK_POLL_S = 0.1
 
@@ -197,61 +187,6 @@ def _make_info(worker_id: int, num_workers: int, seed: int, dataset: Any) -> Any
     return WorkerInfo(id=worker_id, num_workers=num_workers, seed=seed, dataset=dataset)
 
 
-# glibc mallopt parameters, and the sizes a worker keeps for reuse.
-_M_TRIM_THRESHOLD = -1
-_M_MMAP_THRESHOLD = -3
-_KEEP_FREED_BYTES = 256 << 20
-_HEAP_ALLOCATION_BYTES = 32 << 20
-
-
-def _keep_freed_memory() -> None:
-    """Makes glibc keep freed memory in this worker for the next batch.
-
-    Otherwise each sample-sized array a dataset makes is handed back to the
-    kernel when freed, and the next one faults its pages in again (copy-on-write
-    faults in a forked worker): for 0.6 MB images that was most of a worker's time.
-    """
-    if sys.platform != "linux":
-        return
-    try:
-        libc = ctypes.CDLL(None)
-        libc.mallopt(_M_MMAP_THRESHOLD, _HEAP_ALLOCATION_BYTES)
-        libc.mallopt(_M_TRIM_THRESHOLD, _KEEP_FREED_BYTES)
-    except (OSError, AttributeError):
-        pass
-
-
-def _die_with_parent(names: Any) -> None:
-    """Ends this worker soon after the main process dies, removing the pool's segments.
-
-    A thread polls the parent pid rather than ``PR_SET_PDEATHSIG``, which
-    fires when the *thread* that started the worker exits, not the process.
-    A main process killed outright (SIGKILL, or SIGTERM with Python's default)
-    cleans nothing up; the workers do it for it.
-    """
-
-    parent = os.getppid()
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(_PARENT_POLL_S)
-        if names is not None:
-            names.unlink_all()
-        os._exit(0)
-
-    def at_exit() -> None:
-        # An idle worker ends by itself when the main process dies (its task pipe
-        # closes), maybe before it is reparented: give that a moment to show.
-        deadline = time.monotonic() + _REPARENT_WAIT_S
-        while os.getppid() == parent and time.monotonic() < deadline:
-            time.sleep(_PARENT_POLL_S / 4)
-        if os.getppid() != parent and names is not None:
-            names.unlink_all()
-
-    threading.Thread(target=watch, name="batchloader-parent-watch", daemon=True).start()
-    multiprocessing.util.Finalize(None, at_exit, exitpriority=100)
-
-
 def _start(setup: WorkerSetup, worker_id: int, *, is_process: bool) -> None:
     seed = _seeding.worker_seed(setup.base_seed, worker_id)
     info = _make_info(worker_id, setup.num_workers, seed, setup.spec.dataset)
@@ -275,60 +210,15 @@ def _start(setup: WorkerSetup, worker_id: int, *, is_process: bool) -> None:
         state.init_error = _RemoteError.capture(e)
 
 
-def _forget_parent_signal_handlers() -> None:
-    """Puts back the default action of every signal the parent gave a Python handler.
-
-    A forked worker inherits the trainer's handlers (a framework's SIGTERM
-    handler that talks to the process group, say); a worker must never run
-    them, and SIGTERM, which stops it, must stop it whatever the user installed.
-    """
-    for signum in signal.valid_signals():
-        try:
-            handler = signal.getsignal(signum)
-        except (OSError, ValueError):
-            continue
-        if callable(handler) and handler is not signal.default_int_handler:
-            signal.signal(signum, signal.SIG_DFL)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
-
-
-_forking = threading.local()
-
-
-@contextlib.contextmanager
-def forking_workers() -> Iterator[None]:
-    """Marks the forks made in this block (by this thread) as workers.
-
-    A worker forgets the parent's signal handlers the moment it exists, not
-    only in the pool initializer: a SIGTERM that stops a worker still starting
-    up must not run the trainer's handler in it.
-    """
-    _forking.active = True
-    try:
-        yield
-    finally:
-        _forking.active = False
-
-
-def _after_fork_in_child() -> None:
-    if getattr(_forking, "active", False):
-        _forking.active = False
-        _forget_parent_signal_handlers()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
 def init_process_worker(setup: WorkerSetup, worker_id: int) -> None:
     """Sets up a worker process, once, before it serves its first message."""
     # Everything alive now (a forked worker: all the parent's objects) leaves the
     # collector's care, so a collection never walks them: walking writes to each
     # object's header, and that alone would copy every page of a big dataset.
     gc.freeze()
-    _forget_parent_signal_handlers()
-    _die_with_parent(setup.names)
-    _keep_freed_memory()
+    forget_parent_signal_handlers()
+    die_with_parent(setup.names)
+    keep_freed_memory()
     torch.set_num_threads(1)
     if setup.shm_prefix is not None:
         _shm.enable_worker_allocation(setup.shm_prefix, setup.leases, worker_id, setup.names)
@@ -436,120 +326,6 @@ def serve_thread(
         return
 
 
-def fetch_batch(spec: FetchSpec, indices: Any) -> Any:
-    """Makes one batch of a map-style dataset; shared by every worker kind."""
-    dataset = spec.dataset
-    match spec.mode:
-        case FetchMode.SAMPLES:
-            getitems = getattr(dataset, "__getitems__", None)
-            samples = getitems(indices) if getitems else [dataset[i] for i in indices]
-            return spec.collate_fn(samples)
-        case FetchMode.GET_BATCH:
-            return _as_collated(dataset.get_batch(indices))
-        case FetchMode.SINGLE:
-            return spec.collate_fn(dataset[indices])
-        case FetchMode.BATCH_DATASET:
-            return spec.collate_fn(check_batch(dataset[indices], indices))
-    raise RuntimeError(f"[INTERNAL ERROR] fetch_batch got mode {spec.mode}")
-
-
-def number_batches(
-    batches: Iterator[Any], skip: int, done: frozenset[int]
-) -> Iterator[tuple[int, Any]]:
-    """``(batch id, indices)`` for an epoch's batches, leaving out those delivered before.
-
-    The index lists of the left-out batches are still drawn (so everything
-    after them is as in the uninterrupted epoch), but no sample is loaded.
-    """
-    for batch_id, indices in enumerate(batches):
-        if batch_id >= skip and batch_id not in done:
-            yield batch_id, indices
-
-
-def _as_collated(fields: Any) -> Any:
-    """What default_collate makes of the same samples: tensors, and a list for tuples."""
-    if isinstance(fields, tuple):
-        return [torch.as_tensor(f) if isinstance(f, np.ndarray) else f for f in fields]
-    return torch.as_tensor(fields) if isinstance(fields, np.ndarray) else fields
-
-
-def next_iterable_batch(spec: FetchSpec, iterator: Iterator[Any]) -> Any:
-    """The next batch of an iterable dataset; raises StopIteration at its end."""
-    if spec.mode is FetchMode.ITERABLE_SINGLE:
-        return spec.collate_fn(next(iterator))
-    items = list(itertools.islice(iterator, spec.batch_size))
-    if not items or (spec.drop_last and spec.batch_size and len(items) < spec.batch_size):
-        raise StopIteration
-    return spec.collate_fn(items)
-
-
-def _next_shared_batch(spec: FetchSpec, take: Any, epoch: int) -> tuple[int, Any]:
-    """The next batch of a generator the thread workers share, and its number in the epoch.
-
-    The whole batch is taken under the generator's lock, so its items are
-    consecutive; raises StopIteration at the end, as :func:`next_iterable_batch`.
-    """
-    single = spec.mode is FetchMode.ITERABLE_SINGLE
-    number, items = take(1 if single else spec.batch_size, epoch)
-    short = spec.batch_size is not None and len(items) < spec.batch_size
-    if not items or (not single and spec.drop_last and short):
-        raise StopIteration
-    return number, spec.collate_fn(items[0] if single else items)
-
-
-# A batch this long also reads how long the thread waited for a CPU (a file read: a few us).
-_RUN_QUEUE_MIN_S = 0.001
-
-
-class _SchedStat:
-    """This thread's /proc/thread-self/schedstat, kept open; closed when the thread ends."""
-
-    def __init__(self) -> None:
-        try:
-            self.fd = os.open("/proc/thread-self/schedstat", os.O_RDONLY)
-        except OSError:
-            self.fd = -1
-        self.last = self.run_queue_s()
-
-    def run_queue_s(self) -> float:
-        if self.fd < 0:
-            return 0.0
-        try:
-            return int(os.pread(self.fd, 64, 0).split()[1]) * 1e-9
-        except (OSError, ValueError, IndexError):
-            return 0.0
-
-    def __del__(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-
-
-_sched = threading.local()
-
-
-def _waited_for_cpu() -> float:
-    """Seconds this thread was runnable but not running since the last call (Linux), else 0.
-
-    Wall time minus CPU time is not all I/O: on a busy machine part of it is
-    waiting for a core, which more workers would not help.
-    """
-    stat = getattr(_sched, "stat", None)
-    if stat is None:
-        stat = _sched.stat = _SchedStat()  # the time before now is not this batch's
-    now = stat.run_queue_s()
-    waited, stat.last = now - stat.last, now
-    return waited
-
-
-def _busy_and_cpu(started: float, cpu_started: float) -> tuple[float, float]:
-    """A batch's wall time, and the part of it the worker ran or was ready to run."""
-    busy = time.perf_counter() - started
-    cpu = time.thread_time() - cpu_started
-    if busy >= _RUN_QUEUE_MIN_S:
-        cpu = min(busy, cpu + _waited_for_cpu())
-    return busy, cpu
-
-
 def _outgoing(state: _WorkerState, batch: Any) -> Any:
     return batch if state.setup.shm_prefix is None else _shm.pack(batch)
 
@@ -569,7 +345,7 @@ def run_task(task: Task) -> Result:
     except Exception as e:
         _shm.abandon()
         return Result(task.batch_id, wid, Status.ERROR, _RemoteError.capture(e), epoch)
-    busy, cpu = _busy_and_cpu(started, cpu)
+    busy, cpu = work_time(started, cpu)
     return Result(task.batch_id, wid, Status.OK, payload, epoch, None, busy, cpu)
 
 
@@ -626,7 +402,7 @@ def stream_shard(
             if take is None:
                 batch = next_iterable_batch(setup.spec, iterator)
             else:
-                n, batch = _next_shared_batch(setup.spec, take, epoch)
+                n, batch = next_shared_batch(setup.spec, take, epoch)
         except StopIteration:
             _put(state, Result(n, wid, Status.EXHAUSTED, None, epoch))
             return
@@ -637,7 +413,7 @@ def stream_shard(
         else:
             after = dataset.state_dict() if stateful else None
             payload = _outgoing(state, batch)
-            busy, cpu = _busy_and_cpu(started, cpu)
+            busy, cpu = work_time(started, cpu)
             outgoing = Result(n, wid, Status.OK, payload, epoch, after, busy, cpu)
         if not _put(state, outgoing):
             return

@@ -10,25 +10,22 @@ need; :class:`LoaderConfig`, how they run) for the iterator it picks.
 from __future__ import annotations
 
 import functools
-import multiprocessing
 import warnings
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed
 from torch.utils.data import DataLoader as _TorchDataLoader
-from torch.utils.data import DistributedSampler as _TorchDistributedSampler
 from torch.utils.data import IterableDataset as _TorchIterableDataset
 from torch.utils.data.dataloader import _DatasetKind, _InfiniteConstantSampler
 
 from . import _arguments as args
-from . import _datapipes, _resume, _seeding, _tuning, _worker_memory
+from . import _datapipes, _loader_settings, _resume, _seeding, _tuning, _worker_memory
 from ._batch_dataset import batch_dataset_options, is_batch_dataset
 from ._batch_sampler import resolve_last_batch
-from ._config import FetchMode, FetchSpec, LoaderConfig, WorkerKind
+from ._config import FetchSpec, LoaderConfig
 from ._epoch import (
     EndlessSampler,
     Epoch,
@@ -37,7 +34,6 @@ from ._epoch import (
     call_hook,
 )
 from ._generators import (
-    ThreadSafeIterator,
     generator_with_processes_error,
     is_generator_like,
     threadsafe,
@@ -48,39 +44,15 @@ from ._pool import WorkerPool
 from ._stats import EpochRecorder, LoaderStats
 from ._typing import LastBatch, T_co
 from .collate import default_collate, default_convert
-from .samplers import BatchSampler, DistributedSampler, RandomSampler, SequentialSampler
+from .samplers import BatchSampler, RandomSampler, SequentialSampler
 
 __all__ = ["DataLoader"]
 
-_DEFAULT_PREFETCH_FACTOR = 2
 # torch's property: its setter checks a start method and turns a name into its context.
 _TORCH_MP_CONTEXT: property = vars(_TorchDataLoader)["multiprocessing_context"]
 _PIN_QUEUE_DEPTH = 2
 # A setting fixed at construction beyond torch's own list (Gluon's: it is in the sampler).
 _FROZEN_EXTRAS = frozenset(("last_batch",))
-
-
-def _default_context() -> multiprocessing.context.BaseContext:
-    """The start method the program set (``multiprocessing.set_start_method``), else fork.
-
-    As torch: a program that set ``spawn`` or ``forkserver`` (because fork breaks
-    it: CUDA already initialised, libraries holding threads) gets its workers
-    started that way. Otherwise batchloader forks, whatever Python's own default
-    (``forkserver`` from Python 3.14): workers start in milliseconds and need
-    nothing pickled, and no thread of the pool runs while it forks.
-    """
-    return multiprocessing.get_context(multiprocessing.get_start_method(allow_none=True) or "fork")
-
-
-def _remember_auto(loader_ref: weakref.ref[DataLoader[Any]], change: _tuning.Change) -> None:
-    """What auto settled on is the loader's setting from now on (and where the next epoch starts)."""
-    loader = loader_ref()
-    if loader is None:
-        return
-    if isinstance(loader.num_workers, _tuning.AutoCount):
-        loader.num_workers = _tuning.AutoCount(change.workers)
-    if isinstance(loader.prefetch_factor, _tuning.AutoCount):
-        loader.prefetch_factor = _tuning.AutoCount(change.prefetch)
 
 
 def _no_iterator() -> None:
@@ -89,34 +61,6 @@ def _no_iterator() -> None:
 
 def _identity(batch: Any) -> Any:
     return batch
-
-
-def _has_numeric_get_batch(dataset: Any) -> bool:
-    """Whether ``dataset.get_batch`` can stand in for default_collate (no str/object arrays)."""
-    if not callable(getattr(dataset, "get_batch", None)):
-        return False
-    return not any(
-        isinstance(a, np.ndarray) and (a.dtype.hasobject or a.dtype.kind in "SU")
-        for a in getattr(dataset, "arrays", ())
-    )
-
-
-def _is_sharded(sampler: Any) -> bool:
-    """Whether a sampler (or batch sampler) gives each rank its own share."""
-    if isinstance(sampler, _TorchDistributedSampler | DistributedSampler):
-        return True
-    # Duck-typed shards: Lightning's and Accelerate's wrappers, custom rank-aware samplers.
-    if hasattr(sampler, "num_replicas") or hasattr(sampler, "num_processes"):
-        return True
-    inner = (getattr(sampler, name, None) for name in ("sampler", "batch_sampler"))
-    return any(s is not None and s is not sampler and _is_sharded(s) for s in inner)
-
-
-def _world_size() -> int:
-    dist = torch.distributed
-    if not (dist.is_available() and dist.is_initialized()):
-        return 1
-    return dist.get_world_size()
 
 
 class DataLoader(_resume.Resumable, _TorchDataLoader[T_co]):
@@ -187,7 +131,7 @@ class DataLoader(_resume.Resumable, _TorchDataLoader[T_co]):
         args.check_flags(thread_pool=thread_pool, in_order=in_order, share_dataset=share_dataset)
         num_workers = args.resolve_auto(num_workers, "num_workers", _tuning.start_workers())
         prefetch_factor = args.resolve_auto(
-            prefetch_factor, "prefetch_factor", _DEFAULT_PREFETCH_FACTOR
+            prefetch_factor, "prefetch_factor", _loader_settings.DEFAULT_PREFETCH_FACTOR
         )
         self._batch_dataset = is_batch_dataset(dataset)
         if self._batch_dataset:
@@ -229,7 +173,9 @@ class DataLoader(_resume.Resumable, _TorchDataLoader[T_co]):
         self._dataset_kind = _DatasetKind.Iterable if iterable else _DatasetKind.Map
         self.num_workers = num_workers
         if prefetch_factor is None and num_workers > 0:
-            prefetch_factor = _DEFAULT_PREFETCH_FACTOR  # torch reports the default it uses
+            prefetch_factor = (
+                _loader_settings.DEFAULT_PREFETCH_FACTOR
+            )  # torch reports the default it uses
         self.prefetch_factor = prefetch_factor
         self.pin_memory = pin_memory
         self.pin_memory_device = pin_memory_device
@@ -350,80 +296,25 @@ class DataLoader(_resume.Resumable, _TorchDataLoader[T_co]):
             return _identity
         return default_convert if self.batch_sampler is None else default_collate
 
+    def _check_sharding(self) -> None:
+        """Warns once if every rank of a process group would load the whole dataset."""
+        if self._warned_unsharded:
+            return
+        message = _loader_settings.sharding_warning(self)
+        if message is not None:
+            self._warned_unsharded = True
+            warnings.warn(message, UserWarning, stacklevel=3)
+
     def _check_worker_count(self) -> None:
         auto = isinstance(self.num_workers, _tuning.AutoCount)  # auto keeps to its own budget
         if self.num_workers > 0 and not self.thread_pool and not auto:
             self.check_worker_number_rationality()  # torch's warning, in torch's words
 
-    def _check_sharding(self) -> None:
-        """Warns once if every rank of a process group would load the whole dataset."""
-        if self._warned_unsharded or self._iterable:
-            return
-        world_size = _world_size()
-        if world_size < 2 or _is_sharded(self._index_sampler) or _is_sharded(self.sampler):
-            return
-        self._warned_unsharded = True
-        warnings.warn(
-            f"torch.distributed is initialized with {world_size} ranks, but this DataLoader's "
-            f"sampler ({type(self.sampler).__name__}) is not distributed-aware, so every rank "
-            "loads the whole dataset; pass sampler=DistributedSampler(dataset) "
-            "(batchloader's or torch's) and call sampler.set_epoch(epoch) each epoch",
-            UserWarning,
-            stacklevel=3,
-        )
-
-    # -- settings, read at each iter() ----------------------------------------------
-
-    def _fetch_mode(self) -> FetchMode:
-        if self._iterable:
-            return FetchMode.ITERABLE_SINGLE if self.batch_size is None else FetchMode.ITERABLE
-        if self._batch_dataset:
-            return FetchMode.BATCH_DATASET
-        if self.batch_sampler is None:
-            return FetchMode.SINGLE
-        if self.collate_fn is default_collate and _has_numeric_get_batch(self.dataset):
-            return FetchMode.GET_BATCH
-        return FetchMode.SAMPLES
-
-    def _settings(self) -> tuple[FetchSpec, LoaderConfig]:
-        """The attributes as they are now, checked, as the workers' and iterators' values."""
-        args.check_workers(
-            self.num_workers, self.timeout, self.prefetch_factor, self.persistent_workers
-        )
-        args.check_callables(collate_fn=self.collate_fn, worker_init_fn=self.worker_init_fn)
-        processes = self.num_workers > 0 and not self.thread_pool
-        spec = FetchSpec(
-            dataset=self._memory.dataset_for(self.dataset, self.share_dataset, stacklevel=4)
-            if processes
-            else self.dataset,
-            mode=self._fetch_mode(),
-            collate_fn=self.collate_fn,
-            worker_init_fn=self.worker_init_fn,
-            batch_size=self.batch_size,
-            drop_last=self.drop_last,
-        )
-        config = LoaderConfig(
-            num_workers=int(self.num_workers),
-            worker_kind=WorkerKind.THREAD if self.thread_pool else WorkerKind.PROCESS,
-            prefetch_factor=int(self.prefetch_factor or _DEFAULT_PREFETCH_FACTOR),
-            timeout_s=float(self.timeout),
-            in_order=self.in_order,
-            persistent_workers=self.persistent_workers,
-            mp_context=self.multiprocessing_context or _default_context(),
-            pin_memory=self.pin_memory,
-            pin_memory_device=self.pin_memory_device,
-            merged_streams=self._iterable
-            and (not self.in_order or isinstance(self.dataset, ThreadSafeIterator)),
-            auto_workers=isinstance(self.num_workers, _tuning.AutoCount),
-            auto_prefetch=isinstance(self.prefetch_factor, _tuning.AutoCount),
-        )
-        return spec, config
-
     # -- iteration ------------------------------------------------------------------
 
     # Our iterators are not torch's _BaseDataLoaderIter; callers only iterate them.
     def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
-        spec, config = self._settings()
+        spec, config = _loader_settings.settings(self)
         previous = self._current()
         if config.persistent_workers and previous is not None:
             previous.close()
@@ -437,7 +328,9 @@ class DataLoader(_resume.Resumable, _TorchDataLoader[T_co]):
             hooks=self.dataset if self._batch_dataset else None,
             sampler=self.sampler,
         )
-        epoch.stats = EpochRecorder(self._epochs_started, self._stats_settings(config))
+        epoch.stats = EpochRecorder(
+            self._epochs_started, _loader_settings.stats_settings(self, config)
+        )
         self._epochs_started += 1
         self._epoch = epoch
         if self._batch_dataset:
@@ -529,7 +422,7 @@ class DataLoader(_resume.Resumable, _TorchDataLoader[T_co]):
             done=frozenset(epoch.ahead),
             stats=epoch.stats,
             tuner=self._auto.tuner(config, pool.num_workers, pool.prefetch),
-            on_change=functools.partial(_remember_auto, weakref.ref(self)),
+            on_change=functools.partial(_loader_settings.remember_auto, weakref.ref(self)),
         )
         epoch.log = iterator.log
         epoch.tune = iterator.tune
@@ -544,19 +437,6 @@ class DataLoader(_resume.Resumable, _TorchDataLoader[T_co]):
         ``loader.stats.verdict`` one line naming the bottleneck (docs/tuning.md).
         """
         return None if self._epoch is None else self._epoch.stats.snapshot()
-
-    def _stats_settings(self, config: LoaderConfig) -> dict[str, Any]:
-        workers = config.num_workers
-        return {
-            "num_workers": workers,
-            "workers": "none" if workers == 0 else config.worker_kind.value,
-            "prefetch_factor": config.prefetch_factor if workers else 0,
-            "start_method": config.mp_context.get_start_method() if workers else "",
-            "in_order": config.in_order,
-            "persistent_workers": config.persistent_workers,
-            "pin_memory": config.pin_memory,
-            "share_dataset": self.share_dataset,
-        }
 
     def __len__(self) -> int:
         if self._iterable:

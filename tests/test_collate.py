@@ -243,9 +243,18 @@ def test_default_collate_allocates_stacks_with_shm_empty(monkeypatch: pytest.Mon
         return real_empty(shape, dtype)
 
     monkeypatch.setattr(_shm, "empty", spy)
-    default_collate([np.zeros((2, 3), np.float32)] * 4)
+    default_collate([np.zeros((64, 128), np.float32)] * 4)  # 128 KiB: worth shared memory
     Pad()([[1, 2], [3]])
-    assert calls == [((4, 2, 3), torch.float32), ((2, 2), torch.int64)]
+    assert calls == [((4, 64, 128), torch.float32), ((2, 2), torch.int64)]
+
+
+def test_small_array_batches_are_stacked_in_one_copy_and_keep_torchs_dtype() -> None:
+    """Below 64 KiB (sent inline anyway) arrays stack in one NumPy call, as torch.stack would."""
+    same = [np.arange(3, dtype=np.int16)] * 4
+    mixed = [np.zeros(3, np.float32), np.zeros(3, np.int64)]
+    for batch in (same, mixed, [np.zeros(3, np.float64), np.zeros(3, np.float32)]):
+        ours, theirs = default_collate(batch), torch_collate(batch)
+        assert ours.dtype == theirs.dtype and torch.equal(ours, theirs)
 
 
 def test_default_collate_error_for_unsupported_type_matches_torch() -> None:

@@ -9,6 +9,7 @@ import pytest
 from batchloader import _worker
 from batchloader._config import FetchMode, FetchSpec, LoaderConfig, WorkerKind
 from batchloader._errors import WorkerError, _RemoteError
+from batchloader._fetch import fetch_batch
 from batchloader._multiworker import MultiWorkerIter
 from batchloader._worker import Result, Status, Task
 
@@ -103,7 +104,7 @@ class _FakePool:
 
     def submit(self, task):
         self.sent.append(task.batch_id)
-        batch = _worker.fetch_batch(self.spec, task.indices)
+        batch = fetch_batch(self.spec, task.indices)
         result = Result(task.batch_id, 0, Status.OK, batch, task.epoch)
         (self.held if task.batch_id in self.hold else self.ready).append(result)
         return True
