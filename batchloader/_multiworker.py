@@ -256,7 +256,12 @@ class MultiWorkerIter(_BaseIter):
         self._reorder: dict[int, tuple[Result, Any]] = {}  # back, not yet handed out
         self._sent_order: deque[int] = deque()  # ids in the order sent: the in-order sequence
         self.log: deque[int] = deque()  # ids handed on, in that order (see _epoch.Epoch)
-        self._begin(self._fill)
+        self._begin(self._start)
+
+    def _start(self) -> None:
+        """Sends the first tasks; a fresh pool forks its workers now, feeding each as it starts."""
+        self._pool.start(each=self._fill)
+        self._fill()
 
     def _fill(self) -> None:
         """Sends index lists while the prefetch window has room and a worker can take one."""
@@ -306,7 +311,9 @@ class MultiWorkerIter(_BaseIter):
             self._pool.resize(change.workers)
         self._pool.set_prefetch(change.prefetch)
         stats.workers_changed(change.workers, change.why)
-        _log.debug("auto: %d workers, prefetch %d (%s)", change.workers, change.prefetch, change.why)
+        _log.debug(
+            "auto: %d workers, prefetch %d (%s)", change.workers, change.prefetch, change.why
+        )
         if self._on_change is not None:
             self._on_change(change)
 
@@ -381,6 +388,7 @@ class StreamingIter(_BaseIter):
         self._begin(self._start_streams)
 
     def _start_streams(self) -> None:
+        self._pool.start()
         self._epoch = self._pool.start_streams(self._shared_seed, self._resume_states)
 
     def _next_result(self) -> tuple[Result, Any] | None:

@@ -30,6 +30,14 @@ def map_batch(data: Any, leaf: Callable[[Any], Any], is_leaf: Callable[[Any], bo
 
     if is_leaf(data):
         return leaf(data)
+    # The plain containers collation makes, rebuilt directly: a batch walks this per batch.
+    kind = type(data)
+    if kind is list:
+        return [walk(item) for item in data]
+    if kind is tuple:
+        return tuple([walk(item) for item in data])
+    if kind is dict:
+        return {key: walk(value) for key, value in data.items()}
     if isinstance(data, (str, bytes, bytearray)):
         return data
     if isinstance(data, Mapping):

@@ -31,6 +31,7 @@ import time
 import warnings
 import weakref
 from collections import deque
+from collections.abc import Callable
 from multiprocessing.reduction import ForkingPickler
 from typing import Any
 
@@ -144,7 +145,15 @@ class WorkerPool:
         pool.close()
     """
 
-    def __init__(self, config: LoaderConfig, spec: FetchSpec, base_seed: int, *, capacity: int = 0):
+    def __init__(
+        self,
+        config: LoaderConfig,
+        spec: FetchSpec,
+        base_seed: int,
+        *,
+        capacity: int = 0,
+        start: bool = True,
+    ):
         self.kind = config.worker_kind
         self.spec = spec
         self.base_seed = base_seed
@@ -168,11 +177,13 @@ class WorkerPool:
         else:
             self._prepare_threads(config, spec, base_seed)
         self._finalizer = weakref.finalize(self, _shutdown, self._state_for_shutdown())
-        try:
-            self._grow(config.num_workers)
-        except BaseException:
-            self.close()
-            raise
+        self._target = config.num_workers  # the workers start() brings up
+        if start:
+            try:
+                self._grow(config.num_workers)
+            except BaseException:
+                self.close()
+                raise
 
     def _prepare_processes(self, config: LoaderConfig, spec: FetchSpec, base_seed: int) -> None:
         ctx = config.mp_context
@@ -219,8 +230,8 @@ class WorkerPool:
 
     @property
     def num_workers(self) -> int:
-        """The workers that take tasks now."""
-        return len(self._active)
+        """The workers that take tasks (those it is to start, before :meth:`start`)."""
+        return len(self._active) or self._target
 
     @property
     def max_in_flight(self) -> int:
@@ -254,6 +265,7 @@ class WorkerPool:
         """
         if not 1 <= count <= self.capacity:
             raise ValueError(f"a pool of capacity {self.capacity} cannot have {count} workers")
+        self._target = count
         with _fork_guard.forking():  # our other threads keep out of the pool meanwhile
             if count > len(self._active):
                 self._grow(count)
@@ -264,10 +276,21 @@ class WorkerPool:
         """How many tasks each worker may hold from now on."""
         self.prefetch = max(1, prefetch)
 
-    def _grow(self, count: int) -> None:
+    def start(self, each: Callable[[], None] | None = None) -> None:
+        """Starts the workers a pool made with ``start=False`` is to have (else nothing).
+
+        ``each`` runs after each worker starts: an iterator gives the first
+        worker its first tasks while the next ones are still being forked.
+        """
+        if self._target > len(self._active):
+            self._grow(self._target, each)
+
+    def _grow(self, count: int, each: Callable[[], None] | None = None) -> None:
         setup = dataclasses.replace(self.setup, num_workers=count)
         with _fork_guard.forking():  # the loader's own threads park while we fork
             while len(self._active) < count:
+                if each is not None and self._active:
+                    each()
                 worker_id = len(self._active)
                 back = next((m for m in self._retiring if m.worker_id == worker_id), None)
                 if back is not None:  # still alive and finishing its tasks: it stays
@@ -283,6 +306,8 @@ class WorkerPool:
                     member = ThreadMember(setup, worker_id, self._results)
                 self.members.append(member)
                 self._active.append(member)
+            if each is not None:
+                each()
 
     def _shrink(self, count: int) -> None:
         while len(self._active) > count:

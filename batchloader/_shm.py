@@ -54,6 +54,7 @@ __all__ = [
     "allocating",
     "empty",
     "enable_worker_allocation",
+    "needs_torch_pickling",
     "new_leases",
     "new_prefix",
     "pack",
@@ -108,7 +109,15 @@ class _InlineArray:
     array: np.ndarray
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (_InlineArray, (self.array,))
+        # Its bytes, dtype and shape: several times cheaper to pickle than the ndarray's
+        # own reduction. A bytearray unpickles writable (torch.from_numpy needs that).
+        a = self.array
+        data = bytearray(a if a.flags.c_contiguous else np.ascontiguousarray(a))
+        return (_inline_from_bytes, (data, a.dtype.str, a.shape))
+
+
+def _inline_from_bytes(data: bytearray, dtype: str, shape: tuple[int, ...]) -> _InlineArray:
+    return _InlineArray(np.frombuffer(data, dtype).reshape(shape))
 
 
 @dataclass(slots=True)
@@ -363,18 +372,30 @@ def _warn_short_shm(nbytes: int) -> None:
         )
 
 
+_LEAVES = (torch.Tensor, np.ndarray, _ShmArray, _InlineArray)
+
+
+def _is_leaf(obj: Any) -> bool:
+    return isinstance(obj, _LEAVES)
+
+
 def _map(obj: Any, fn: Callable[[Any], Any]) -> Any:
     """Applies ``fn`` to every tensor, array and handle in a nested batch."""
-    return map_batch(
-        obj, fn, lambda x: isinstance(x, torch.Tensor | np.ndarray | _ShmArray | _InlineArray)
-    )
+    return map_batch(obj, fn, _is_leaf)
+
+
+def _kept(t: torch.Tensor) -> torch.Tensor:
+    """A tensor left for torch's own pickling (the result then needs ForkingPickler)."""
+    global _kept_tensors
+    _kept_tensors = True
+    return t
 
 
 def _pack_tensor(t: torch.Tensor) -> Any:
-    if t.device.type != "cpu" or t.requires_grad or t.is_nested or t.layout != torch.strided:
-        return t  # nested, sparse and accelerator tensors travel by torch's own pickling
     if type(t) is not torch.Tensor:
-        return t  # a subclass keeps its type and attributes only through its own reduction
+        return _kept(t)  # a subclass keeps its type and attributes only through its own reduction
+    if t.device.type != "cpu" or t.requires_grad or t.is_nested or t.layout != torch.strided:
+        return _kept(t)  # nested, sparse and accelerator tensors travel by torch's own pickling
     arena = _arena
     if arena is not None and t.is_contiguous() and t.storage_offset() == 0:
         entry = arena.segments.pop(t.untyped_storage().data_ptr(), None)
@@ -385,11 +406,11 @@ def _pack_tensor(t: torch.Tensor) -> Any:
             _give_back(arena, name, slot)
     if t.nbytes < _SHM_MIN_BYTES or arena is None:
         if t.dtype == torch.bfloat16 or t.is_shared():
-            return t  # numpy has no bfloat16; shared ones go by torch's own sharing
+            return _kept(t)  # numpy has no bfloat16; shared ones go by torch's own sharing
         return _InlineArray(t.numpy())
     copy = empty(tuple(t.shape), t.dtype)
     if copy.untyped_storage().data_ptr() not in arena.segments:  # /dev/shm is short
-        return t if t.dtype == torch.bfloat16 else _InlineArray(t.numpy())
+        return _kept(t) if t.dtype == torch.bfloat16 else _InlineArray(t.numpy())
     copy.copy_(t)
     return _pack_tensor(copy)
 
@@ -422,12 +443,26 @@ def _pack_leaf(obj: Any) -> Any:
     return obj
 
 
+_kept_tensors = False  # the last pack() left a tensor for torch's own pickling
+
+
 def pack(batch: Any) -> Any:
     """Replaces the batch's tensors and arrays by picklable handles (in a worker)."""
+    global _kept_tensors
+    _kept_tensors = False
     try:
         return _map(batch, _pack_leaf)
     finally:
         abandon()
+
+
+def needs_torch_pickling() -> bool:
+    """Whether the last :func:`pack` left tensors that only torch's reductions send well.
+
+    Otherwise the result pickles with the plain (C) pickler, which is faster
+    than ``multiprocessing``'s ``ForkingPickler``.
+    """
+    return _kept_tensors
 
 
 class Receiver:

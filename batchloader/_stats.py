@@ -68,7 +68,7 @@ class _Series:
         if len(self.values) < _SERIES_CAP:
             self.values.append(value)
         else:  # reservoir sampling: every value has the same chance to be kept
-            slot = self._rng.randrange(self.count)
+            slot = int(self._rng.random() * self.count)
             if slot < _SERIES_CAP:
                 self.values[slot] = value
 

@@ -28,6 +28,7 @@ import enum
 import gc
 import itertools
 import os
+import pickle
 import queue
 import sys
 import threading
@@ -254,8 +255,12 @@ def _pipe_sender(results: Connection) -> Callable[[Result], None]:
     """Sends results over ``results``; a batch that cannot be pickled is sent as its error."""
 
     def send(result: Result) -> None:
+        data: bytes | memoryview
         try:
-            data = ForkingPickler.dumps(result)
+            if _shm.needs_torch_pickling():
+                data = ForkingPickler.dumps(result)
+            else:
+                data = pickle.dumps(result, pickle.HIGHEST_PROTOCOL)
         except Exception as e:
             if result.status is Status.OK:
                 _shm.release(result.payload, _local.state.setup.leases)

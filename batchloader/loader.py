@@ -372,7 +372,8 @@ class DataLoader(_resume.Resumable, _TorchDataLoader[T_co]):
 
     def _new_pool(self, config: LoaderConfig, spec: FetchSpec, base_seed: int) -> WorkerPool:
         capacity = self._auto.capacity(config, iterable=self._iterable)
-        return WorkerPool(config, spec, base_seed, capacity=capacity)
+        # The iterator starts the workers: the first gets its first tasks before the rest fork.
+        return WorkerPool(config, spec, base_seed, capacity=capacity, start=False)
 
     def _make_iterator(self, spec: FetchSpec, config: LoaderConfig, epoch: Epoch) -> Any:
         pool = self._reusable_pool(spec, config) if config.persistent_workers else None

@@ -102,6 +102,9 @@ class _FakePool:
         self.epoch += 1
         return self.epoch
 
+    def start(self, each=None):
+        pass
+
     def submit(self, task):
         self.sent.append(task.batch_id)
         batch = fetch_batch(self.spec, task.indices)
