@@ -180,18 +180,24 @@ def _send_stop(member: ProcessMember) -> None:
 
 
 def stop_processes(members: list[Any]) -> None:
-    """STOP to each worker; one still busy after a short grace is killed.
+    """STOP to each idle worker, SIGKILL to one still making a batch nobody will take.
 
     A worker told to stop exits with status 0, as torch's do (torch's tests
-    and users check it). SIGKILL, not SIGTERM, for the rest: a worker holds
-    nothing worth saving (the pool's segments are removed by name
-    afterwards), and no handler, ours or one a worker inherited from the
-    trainer, can run, delay or refuse it. The Process objects stay usable
-    (``pid``, ``exitcode``, ``join``): torch's ``_workers`` outlive the pool.
+    and users check it); one that is not out within a short grace is killed
+    too. SIGKILL, not SIGTERM: a worker holds nothing worth saving (the
+    pool's segments are removed by name afterwards), and no handler, ours or
+    one a worker inherited from the trainer, can run, delay or refuse it.
+    Killing a busy worker at once, rather than waiting for its batch, keeps
+    an abandoned epoch's close (and so the next ``iter()``) quick. The Process
+    objects stay usable (``pid``, ``exitcode``, ``join``): torch's
+    ``_workers`` outlive the pool.
     """
     alive = [m for m in members if m.handle.exitcode is None]
     for member in alive:
-        _send_stop(member)
+        if member.outstanding > 0:
+            member.handle.kill()
+        else:
+            _send_stop(member)
     deadline = time.monotonic() + _STOP_GRACE_S
     while alive and time.monotonic() < deadline:
         multiprocessing.connection.wait(

@@ -259,8 +259,15 @@ class MultiWorkerIter(_BaseIter):
         self._begin(self._start)
 
     def _start(self) -> None:
-        """Sends the first tasks; a fresh pool forks its workers now, feeding each as it starts."""
-        self._pool.start(each=self._fill)
+        """Starts a fresh pool's workers, then sends the first tasks.
+
+        Every worker is forked before the batch sampler is first drawn from:
+        a sampler's first draw makes its epoch's permutation (a million
+        Python ints for a million samples) in this process, and a worker
+        forked after that would copy each page of it that this process then
+        touches.
+        """
+        self._pool.start()
         self._fill()
 
     def _fill(self) -> None:
@@ -291,6 +298,11 @@ class MultiWorkerIter(_BaseIter):
             self._receive()
             if self._unsent is not None:
                 self._fill()  # a worker may have room again (an earlier epoch's task came back)
+
+    @property
+    def tunes(self) -> bool:
+        """Whether "auto" may resize the pool during this epoch."""
+        return self._tuner is not None
 
     def tune(self) -> None:
         """After each batch, in the thread that iterates: lets "auto" resize the pool.

@@ -31,7 +31,6 @@ import time
 import warnings
 import weakref
 from collections import deque
-from collections.abc import Callable
 from multiprocessing.reduction import ForkingPickler
 from typing import Any
 
@@ -276,21 +275,15 @@ class WorkerPool:
         """How many tasks each worker may hold from now on."""
         self.prefetch = max(1, prefetch)
 
-    def start(self, each: Callable[[], None] | None = None) -> None:
-        """Starts the workers a pool made with ``start=False`` is to have (else nothing).
-
-        ``each`` runs after each worker starts: an iterator gives the first
-        worker its first tasks while the next ones are still being forked.
-        """
+    def start(self) -> None:
+        """Starts the workers of a pool made with ``start=False`` (else nothing)."""
         if self._target > len(self._active):
-            self._grow(self._target, each)
+            self._grow(self._target)
 
-    def _grow(self, count: int, each: Callable[[], None] | None = None) -> None:
+    def _grow(self, count: int) -> None:
         setup = dataclasses.replace(self.setup, num_workers=count)
         with _fork_guard.forking():  # the loader's own threads park while we fork
             while len(self._active) < count:
-                if each is not None and self._active:
-                    each()
                 worker_id = len(self._active)
                 back = next((m for m in self._retiring if m.worker_id == worker_id), None)
                 if back is not None:  # still alive and finishing its tasks: it stays
@@ -306,8 +299,6 @@ class WorkerPool:
                     member = ThreadMember(setup, worker_id, self._results)
                 self.members.append(member)
                 self._active.append(member)
-            if each is not None:
-                each()
 
     def _shrink(self, count: int) -> None:
         while len(self._active) > count:

@@ -63,6 +63,18 @@ def _identity(batch: Any) -> Any:
     return batch
 
 
+def _weak_call(method: Callable[[], None]) -> Callable[[], None]:
+    """Calls ``method`` while its object lives; afterwards, nothing."""
+    ref = weakref.WeakMethod(method)
+
+    def call() -> None:
+        bound = ref()
+        if bound is not None:
+            bound()
+
+    return call
+
+
 class DataLoader(_resume.Resumable, _TorchDataLoader[T_co]):
     """Loads batches from a dataset; a drop-in for ``torch.utils.data.DataLoader``.
 
@@ -372,7 +384,7 @@ class DataLoader(_resume.Resumable, _TorchDataLoader[T_co]):
 
     def _new_pool(self, config: LoaderConfig, spec: FetchSpec, base_seed: int) -> WorkerPool:
         capacity = self._auto.capacity(config, iterable=self._iterable)
-        # The iterator starts the workers: the first gets its first tasks before the rest fork.
+        # The iterator starts the workers, under its own failure handling (see _begin).
         return WorkerPool(config, spec, base_seed, capacity=capacity, start=False)
 
     def _make_iterator(self, spec: FetchSpec, config: LoaderConfig, epoch: Epoch) -> Any:
@@ -426,7 +438,10 @@ class DataLoader(_resume.Resumable, _TorchDataLoader[T_co]):
             on_change=functools.partial(_loader_settings.remember_auto, weakref.ref(self)),
         )
         epoch.log = iterator.log
-        epoch.tune = iterator.tune
+        if iterator.tunes:
+            # Weakly: the loader keeps its latest epoch, and must not keep an abandoned
+            # iterator (and so its workers) alive through it.
+            epoch.tune = _weak_call(iterator.tune)
         return iterator
 
     @property

@@ -274,3 +274,29 @@ def test_workers_never_run_the_parents_signal_handlers(tmp_path, caplog):
             signal.signal(signum, old)
     assert not ran.exists(), ran.read_text()
     assert not [r for r in caplog.records if "ignored SIGTERM" in r.getMessage()]
+
+
+class _CountsWorkersAtFirstDraw:
+    """A batch sampler that notes how many worker processes exist when it is first drawn."""
+
+    def __init__(self, seen):
+        self.seen = seen
+
+    def __iter__(self):
+        import multiprocessing
+
+        self.seen.append(len(multiprocessing.active_children()))
+        yield from ([i, i + 1] for i in range(0, 8, 2))
+
+    def __len__(self):
+        return 4
+
+
+def test_every_worker_is_forked_before_the_sampler_is_drawn():
+    """A sampler's permutation is made after the forks, so no worker copies its pages."""
+    seen = []
+    loader = DataLoader(
+        RangeDataset(8), batch_sampler=_CountsWorkersAtFirstDraw(seen), num_workers=3
+    )
+    assert len(list(loader)) == 4
+    assert seen == [3]
