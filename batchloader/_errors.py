@@ -9,6 +9,7 @@ worker's formatted traceback, as ``concurrent.futures`` does.
 from __future__ import annotations
 
 import pickle
+import signal
 import traceback
 from dataclasses import dataclass
 
@@ -18,6 +19,8 @@ __all__ = [
     "WorkerError",
     "_RemoteError",
     "_RemoteTraceback",
+    "exit_description",
+    "likely_cause",
 ]
 
 
@@ -89,3 +92,28 @@ class _RemoteError:
         exc.__cause__ = _RemoteTraceback(f'\n"""\n{self.traceback}"""')
         exc.add_note(context)
         return exc
+
+
+def exit_description(exitcode: int) -> str:
+    """torch's words for a worker's end: 'is killed by signal: Killed', 'exited unexpectedly'."""
+    if exitcode < 0:
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            return f"is killed by signal: {-exitcode}"
+        return f"is killed by signal: {signal.strsignal(-exitcode)} ({name})"
+    return f"exited unexpectedly with exit code {exitcode}"
+
+
+def likely_cause(exitcode: int) -> str:
+    """What most often ends a worker this way, where one cause is likely."""
+    if exitcode == -signal.SIGKILL:
+        return "A likely cause is the out-of-memory killer (see dmesg). "
+    if exitcode in (-signal.SIGSEGV, -signal.SIGBUS, -signal.SIGABRT):
+        return "A crash in native code (a C extension or a library that is not fork-safe). "
+    if exitcode == 1:
+        return (
+            "With spawn or forkserver, exit code 1 means the worker printed a traceback on "
+            "stderr while starting. "
+        )
+    return ""

@@ -14,16 +14,27 @@ import multiprocessing.connection
 import os
 import pickle
 import queue
+import sys
 import threading
 import time
+import types
+import warnings
 from collections import deque
 from multiprocessing.reduction import ForkingPickler
 from typing import Any
 
 from . import _fork_guard, _worker
+from ._config import FetchSpec
 from ._process_life import forking_workers
 
-__all__ = ["Member", "ProcessMember", "ThreadMember", "stop_processes", "stop_threads"]
+__all__ = [
+    "Member",
+    "ProcessMember",
+    "ThreadMember",
+    "check_picklable",
+    "stop_processes",
+    "stop_threads",
+]
 
 # A worker's unread tasks stay under this, half of Linux's smallest pipe buffer, so that
 # writing a task never blocks while that worker is blocked writing a result to us.
@@ -32,6 +43,41 @@ _PIPE_SAFE_BYTES = 32 * 1024
 _THREAD_JOIN_S = 2.0
 # Grace a process worker gets to finish its task and exit by itself before it is killed.
 _STOP_GRACE_S = 0.5
+
+
+def _first_frame_outside_the_package() -> int:
+    """The ``stacklevel`` (for the caller of this function) of the first frame not ours."""
+    package = os.path.dirname(os.path.abspath(__file__))
+    frame: types.FrameType | None = sys._getframe(1)
+    level = 1
+    while frame is not None and frame.f_code.co_filename.startswith(package):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+def check_picklable(spec: FetchSpec, start_method: str) -> None:
+    """Warns as torch does, then raises a TypeError naming the part that cannot be pickled."""
+    for name in ("dataset", "collate_fn", "worker_init_fn"):
+        value = getattr(spec, name)
+        try:
+            pickle.dumps(value)
+        except Exception as e:
+            # torch's warning, in its words (torch's tests and users' filters match them)
+            warnings.warn(
+                "Got pickle error when attempting to start a worker Process. This might be "
+                "because the worker Process arguments are not picklable. Python 3.14+ changed "
+                "the multiprocessing start method in non-Mac POSIX platforms to 'forkserver', "
+                "which requires the worker Process arguments to be picklable. You can also try "
+                "multiprocessing.set_start_method('fork').",
+                UserWarning,
+                stacklevel=_first_frame_outside_the_package(),
+            )
+            raise TypeError(
+                f"{name} of type {type(value).__qualname__} cannot be pickled, and the "
+                f"{start_method!r} start method sends it to each worker by pickling ({e}); "
+                f"use multiprocessing_context='fork', thread_pool=True, or make it picklable "
+                f"(define it at module level, not as a lambda or local)"
+            ) from e
 
 
 class Member:

@@ -22,13 +22,10 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import logging
-import pickle
 import queue
 import select
-import signal
 import threading
 import time
-import warnings
 import weakref
 from collections import deque
 from multiprocessing.reduction import ForkingPickler
@@ -36,43 +33,22 @@ from typing import Any
 
 from . import _fork_guard, _shm, _worker
 from ._config import FetchSpec, LoaderConfig, WorkerKind
-from ._errors import WorkerDiedError
-from ._members import Member, ProcessMember, ThreadMember, stop_processes, stop_threads
+from ._errors import WorkerDiedError, exit_description, likely_cause
+from ._members import (
+    Member,
+    ProcessMember,
+    ThreadMember,
+    check_picklable,
+    stop_processes,
+    stop_threads,
+)
 
-__all__ = ["WorkerPool", "check_picklable"]
+__all__ = ["WorkerPool"]
 
 _log = logging.getLogger("batchloader")
 
 # How long an abandoned epoch's stream tasks get to notice the stop flag.
 _STREAM_STOP_S = 5.0
-# The caller of iter(loader), seen from check_picklable: WorkerPool.__init__,
-# _start_processes, the loader's _make_iterator and __iter__ lie between.
-_USER_FRAME = 6
-
-
-def check_picklable(spec: FetchSpec, start_method: str) -> None:
-    """Warns as torch does, then raises a TypeError naming the part that cannot be pickled."""
-    for name in ("dataset", "collate_fn", "worker_init_fn"):
-        value = getattr(spec, name)
-        try:
-            pickle.dumps(value)
-        except Exception as e:
-            # torch's warning, in its words (torch's tests and users' filters match them)
-            warnings.warn(
-                "Got pickle error when attempting to start a worker Process. This might be "
-                "because the worker Process arguments are not picklable. Python 3.14+ changed "
-                "the multiprocessing start method in non-Mac POSIX platforms to 'forkserver', "
-                "which requires the worker Process arguments to be picklable. You can also try "
-                "multiprocessing.set_start_method('fork').",
-                UserWarning,
-                stacklevel=_USER_FRAME,
-            )
-            raise TypeError(
-                f"{name} of type {type(value).__qualname__} cannot be pickled, and the "
-                f"{start_method!r} start method sends it to each worker by pickling ({e}); "
-                f"use multiprocessing_context='fork', thread_pool=True, or make it picklable "
-                f"(define it at module level, not as a lambda or local)"
-            ) from e
 
 
 def _start_settings(config: LoaderConfig) -> tuple[Any, ...]:
@@ -97,31 +73,6 @@ def _stream_queues(make: Any, config: LoaderConfig) -> list[Any]:
     if config.merged_streams:
         return [make(depth * n)] * n
     return [make(depth) for _ in range(n)]
-
-
-def _exit_description(exitcode: int) -> str:
-    """torch's words for a worker's end: 'is killed by signal: Killed', 'exited unexpectedly'."""
-    if exitcode < 0:
-        try:
-            name = signal.Signals(-exitcode).name
-        except ValueError:
-            return f"is killed by signal: {-exitcode}"
-        return f"is killed by signal: {signal.strsignal(-exitcode)} ({name})"
-    return f"exited unexpectedly with exit code {exitcode}"
-
-
-def _likely_cause(exitcode: int) -> str:
-    """What most often ends a worker this way, where one cause is likely."""
-    if exitcode == -signal.SIGKILL:
-        return "A likely cause is the out-of-memory killer (see dmesg). "
-    if exitcode in (-signal.SIGSEGV, -signal.SIGBUS, -signal.SIGABRT):
-        return "A crash in native code (a C extension or a library that is not fork-safe). "
-    if exitcode == 1:
-        return (
-            "With spawn or forkserver, exit code 1 means the worker printed a traceback on "
-            "stderr while starting. "
-        )
-    return ""
 
 
 class WorkerPool:
@@ -493,8 +444,8 @@ class WorkerPool:
                 if code is not None:
                     self.broken = True
                     raise WorkerDiedError(
-                        f"DataLoader worker (pid {handle.pid}) {_exit_description(code)}. "
-                        f"{_likely_cause(code)}See docs/troubleshooting.md#a-worker-died.",
+                        f"DataLoader worker (pid {handle.pid}) {exit_description(code)}. "
+                        f"{likely_cause(code)}See docs/troubleshooting.md#a-worker-died.",
                         pid=handle.pid,
                         exitcode=code,
                     )
@@ -508,7 +459,7 @@ class WorkerPool:
         if self.kind is WorkerKind.THREAD:
             return ", ".join(f"{h.name}: {'alive' if h.is_alive() else 'dead'}" for h in handles)
         return ", ".join(
-            f"pid {h.pid}: {'alive' if h.exitcode is None else _exit_description(h.exitcode)}"
+            f"pid {h.pid}: {'alive' if h.exitcode is None else exit_description(h.exitcode)}"
             for h in handles
         )
 

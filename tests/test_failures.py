@@ -175,9 +175,12 @@ def test_unpicklable_worker_init_fn_warns_in_torchs_words_then_raises(context):
     loader = DataLoader(
         RangeDataset(4), num_workers=2, worker_init_fn=local_init, multiprocessing_context=context
     )
-    with pytest.warns(UserWarning, match=r"^Got pickle error when attempting to start a worker"):
+    with pytest.warns(
+        UserWarning, match=r"^Got pickle error when attempting to start a worker"
+    ) as warned:
         with pytest.raises(TypeError, match=r"worker_init_fn of type .*cannot be pickled"):
             iter(loader)
+    assert warned[0].filename == __file__  # it points at the iter() call
 
 
 def test_failure_while_receiving_a_batch_ends_the_epoch(no_leaks, monkeypatch):
