@@ -154,13 +154,21 @@ class ProcessMember(Member):
         return self.outstanding == 0 or sum(self.unread) + size <= _PIPE_SAFE_BYTES
 
     def send(self, message: Any) -> None:
-        self.tasks.send_bytes(ForkingPickler.dumps(message))
+        self._write(ForkingPickler.dumps(message))
 
     def send_task(self, task: _worker.Task, encoded: bytes | None) -> None:
         data = self.encode(task) if encoded is None else encoded
         self.outstanding += 1
         self.unread.append(len(data))
-        self.tasks.send_bytes(data)
+        self._write(data)
+
+    def _write(self, data: bytes | memoryview) -> None:
+        try:
+            self.tasks.send_bytes(data)
+        except BrokenPipeError:
+            # The worker has died: the pool's liveness check says how (pid, signal), at
+            # the iterator's next wait; the task stays outstanding, never answered.
+            pass
 
     def answered(self) -> None:
         self.outstanding -= 1

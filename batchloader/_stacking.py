@@ -232,6 +232,7 @@ def _collate_floats(batch: Sequence[float]) -> torch.Tensor:
         return torch.from_numpy(np.fromiter(batch, np.float64, len(batch)))
     return torch.tensor(batch, dtype=torch.float64)
 
+
 _NUMPY_SCALARS = (np.bool_, np.number, np.object_)
 
 # Checked in order with isinstance: np.float64 is a float and bool is an int.

@@ -102,15 +102,33 @@ class Change:
     why: str
 
 
-@dataclass(slots=True)
-class _Window:
-    """What the epoch's counters were at the start of a window."""
+@dataclass(frozen=True, slots=True)
+class _Counts:
+    """An epoch's running counters at one moment, or (subtracted) over a stretch of time."""
 
-    at: float
+    at: float  # seconds (a moment, or a length of time)
     batches: int
     starved_s: float
     busy_s: float
     cpu_s: float
+
+    def __sub__(self, other: _Counts) -> _Counts:
+        return _Counts(
+            self.at - other.at,
+            self.batches - other.batches,
+            self.starved_s - other.starved_s,
+            self.busy_s - other.busy_s,
+            self.cpu_s - other.cpu_s,
+        )
+
+    def __add__(self, other: _Counts) -> _Counts:
+        return _Counts(
+            self.at + other.at,
+            self.batches + other.batches,
+            self.starved_s + other.starved_s,
+            self.busy_s + other.busy_s,
+            self.cpu_s + other.cpu_s,
+        )
 
 
 class AutoTuner:
@@ -140,16 +158,24 @@ class AutoTuner:
         limit = limit if limit is not None else max_workers(processes=processes)
         self._limit = limit if auto_workers else workers
         self._phase = _Phase.SEARCHING
-        self._window: _Window | None = None
+        self._window: _Counts | None = None  # the counters where the window began
+        self._last: _Counts | None = None  # the counters at the latest batch
+        self._carry = _Counts(0.0, 0, 0.0, 0.0, 0.0)  # a window's part in earlier epochs
         self._rates: dict[int, float] = {}  # workers -> batches/s measured with that many
         self._before: tuple[int, int, float, float] | None = None  # (workers, prefetch, rate, wait)
         self._ceiling = self._limit + 1  # a count found not to help: below it from now on
         self._settled_wait = 0.0
 
     def begin_epoch(self, workers: int, prefetch: int) -> None:
-        """A new epoch (a new recorder): windows start afresh; a settled count stays settled."""
+        """A new epoch (a new recorder); a settled count stays settled.
+
+        The window in progress carries over: epochs shorter than a window
+        (a fast loader over a small dataset) still add up to decisions.
+        """
         self.workers, self.prefetch = workers, prefetch
-        self._window = None
+        if self._window is not None and self._last is not None:
+            self._carry = self._carry + (self._last - self._window)
+        self._window = self._last = None
         if self._phase is _Phase.CHECKING:
             self._phase = _Phase.SEARCHING
             self._before = None
@@ -158,24 +184,29 @@ class AutoTuner:
 
     def observe(self, stats: EpochRecorder, batch_bytes: int = 0) -> Change | None:
         """Called after each batch the user gets; a :class:`Change` when a window ends."""
-        now = time.perf_counter()
-        window = self._window
-        batches = stats.wait.count
-        starved = stats.counted("starved_s")
-        if window is None or batches <= 1:  # the first batch (workers starting) is no window
-            self._window = _Window(now, batches, starved, stats.busy_s, stats.cpu_s)
+        now = _Counts(
+            time.perf_counter(),
+            stats.wait.count,
+            stats.counted("starved_s"),
+            stats.busy_s,
+            stats.cpu_s,
+        )
+        if self._window is None or now.batches <= 1:
+            # The first batch of an epoch (workers starting, the pipeline filling) is no window.
+            self._window = now
             return None
-        elapsed = now - window.at
-        few = batches - window.batches < _WINDOW_BATCHES
-        if elapsed < _WINDOW_S or (few and elapsed < _WINDOW_MAX_S):
+        self._last = now
+        seen = self._carry + (now - self._window)
+        few = seen.batches < _WINDOW_BATCHES
+        if seen.at < _WINDOW_S or (few and seen.at < _WINDOW_MAX_S):
             return None
-        rate = (batches - window.batches) / elapsed
+        self._window, self._carry = now, _Counts(0.0, 0, 0.0, 0.0, 0.0)
+        elapsed = seen.at
+        rate = seen.batches / elapsed
         # The loop's waiting here is the time no batch was ready (not handing one over).
-        wait = (starved - window.starved_s) / elapsed
-        busy_s, cpu_s = stats.busy_s - window.busy_s, stats.cpu_s - window.cpu_s
-        busy = busy_s / (max(self.workers, 1) * elapsed)
-        cpu = cpu_s / busy_s if busy_s > 0 else 1.0
-        self._window = _Window(now, batches, starved, stats.busy_s, stats.cpu_s)
+        wait = seen.starved_s / elapsed
+        busy = seen.busy_s / (max(self.workers, 1) * elapsed)
+        cpu = seen.cpu_s / seen.busy_s if seen.busy_s > 0 else 1.0
         self._rates[self.workers] = rate
         return self._decide(rate, wait, busy, cpu, batch_bytes)
 
@@ -200,16 +231,22 @@ class AutoTuner:
                     "a deeper prefetch"
                 )
                 return self._try(self.workers, self.prefetch * 2, rate, wait, why)
-            return self._settle(wait)
+            return self._settle(
+                wait,
+                f"the loop waited {100 * wait:.0f}% but workers were {100 * busy:.0f}% busy: "
+                "more workers would not help",
+            )
         needed = max(1, math.ceil(self.workers * busy / BUSY_THRESHOLD))
         if needed < self.workers and self._auto_workers:
             why = f"the loop did not wait; workers {100 * busy:.0f}% busy: {needed} suffice"
             return self._try(needed, self.prefetch, rate, wait, why)
-        return self._settle(wait)
+        return self._settle(
+            wait, f"the loop waited {100 * wait:.1f}%, with workers {100 * busy:.0f}% busy"
+        )
 
     def _grow(self, rate: float, wait: float, *, io_bound: bool, batch_bytes: int) -> Change | None:
         if not self._auto_workers:
-            return self._settle(wait)
+            return self._settle(wait, f"the loop waited {100 * wait:.0f}%; num_workers is fixed")
         cap = min(self._ceiling - 1, self._limit)
         if not io_bound:
             cap = min(cap, cores())
@@ -217,9 +254,13 @@ class AutoTuner:
             in_flight = max(1, _shm_free_bytes() // _SHM_SHARE // batch_bytes)
             cap = min(cap, max(1, in_flight // max(self.prefetch, 1)))
         target = min(cap, self.workers * 2 if io_bound else self.workers + 1)
-        if target <= self.workers:
-            return self._settle(wait)
         kind = "I/O" if io_bound else "CPU"
+        if target <= self.workers:
+            return self._settle(
+                wait,
+                f"the loop waited {100 * wait:.0f}%, workers busy on {kind}, but more "
+                f"did not help or would pass the budget ({cap})",
+            )
         why = f"the loop waited {100 * wait:.0f}%, workers busy on {kind}: more workers"
         return self._try(target, self.prefetch, rate, wait, why)
 
@@ -249,14 +290,15 @@ class AutoTuner:
             f"waiting {100 * wait:.0f}%; back to the {old_rate:.0f} batches/s before"
         )
         self.workers, self.prefetch = workers, prefetch
-        self._settle(old_wait)
+        self._phase, self._settled_wait = _Phase.SETTLED, old_wait
         return Change(workers, prefetch, why)
 
-    def _settle(self, wait: float) -> Change | None:
-        """Stops searching (no change now) until the loop's waiting moves clearly."""
+    def _settle(self, wait: float, why: str) -> Change | None:
+        """Stops searching until the loop's waiting moves clearly; says so once."""
+        settling = self._phase is not _Phase.SETTLED
         self._phase = _Phase.SETTLED
         self._settled_wait = wait
-        return None
+        return Change(self.workers, self.prefetch, f"settled: {why}") if settling else None
 
 
 class LoaderAuto:

@@ -163,3 +163,55 @@ def test_auto_uses_few_workers_when_the_training_step_is_slow():
                 time.sleep(0.02)
         assert int(loader.num_workers) <= 2, str(loader.stats)
         assert loader.stats.starved_share < 0.02, str(loader.stats)
+
+
+class _Counters:
+    """The counters the tuner reads from an epoch's recorder, driven by hand."""
+
+    def __init__(self):
+        self.batches, self.starved, self.busy_s, self.cpu_s = 0, 0.0, 0.0, 0.0
+
+    @property
+    def wait(self):
+        return type("Series", (), {"count": self.batches})()
+
+    def counted(self, name):
+        return self.starved
+
+    def step(self, seconds, *, starved, busy, cpu):
+        self.batches += 1
+        self.starved += seconds * starved
+        self.busy_s += seconds * busy  # the workers together: 2.0 is two busy workers
+        self.cpu_s += seconds * busy * cpu
+
+
+def _drive(monkeypatch, tuner, epochs, batches, seconds, **shares):
+    """Epochs of ``batches`` batches, ``seconds`` each, on a fake clock; the changes made."""
+    clock = [0.0]
+    monkeypatch.setattr(_tuning.time, "perf_counter", lambda: clock[0])
+    changes = []
+    for _ in range(epochs):
+        tuner.begin_epoch(tuner.workers, tuner.prefetch)
+        counters = _Counters()
+        for _ in range(batches):
+            clock[0] += seconds
+            counters.step(seconds, **shares)
+            change = tuner.observe(counters)
+            if change is not None:
+                changes.append(change)
+    return changes
+
+
+def test_windows_add_up_over_epochs_shorter_than_a_window(monkeypatch):
+    """Epochs of 0.1 s (shorter than a window) still lead an I/O-bound loader to grow."""
+    tuner = _tuning.AutoTuner(workers=2, prefetch=2, processes=True, limit=16)
+    changes = _drive(monkeypatch, tuner, 12, 10, 0.01, starved=0.9, busy=2.0, cpu=0.05)
+    assert changes and changes[0].workers == 4 and "I/O" in changes[0].why
+
+
+def test_settling_is_a_decision_the_report_shows(monkeypatch):
+    """A loop that does not wait, with every worker needed: the tuner says it settled, once."""
+    tuner = _tuning.AutoTuner(workers=2, prefetch=2, processes=True, limit=16)
+    changes = _drive(monkeypatch, tuner, 1, 200, 0.01, starved=0.0, busy=1.9, cpu=1.0)
+    assert [c.workers for c in changes] == [2]
+    assert changes[0].why.startswith("settled: ")

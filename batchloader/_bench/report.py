@@ -1,4 +1,8 @@
-"""What a benchmark run found: tables, targets, a JSON document and a plot."""
+"""What a benchmark run found: tables, targets, a JSON document and a plot.
+
+The targets and the rule that judges them are :mod:`.checks`'s; this module
+shows them.
+"""
 
 from __future__ import annotations
 
@@ -9,39 +13,21 @@ import os
 import platform
 import statistics
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from . import workloads
 from .runner import BenchOptions, BenchResult, Cell, CellResult, paired_ratio
+from .targets import Target, auto_side, others, remeasure, targets
 
-__all__ = ["Target", "format_report", "from_json", "plot", "targets", "to_json"]
+__all__ = ["Target", "format_report", "from_json", "plot", "remeasure", "targets", "to_json"]
 
 _MB = 1 << 20
-# Growth allowed in main-process CPU per batch from batch 8 to the workload's 32:
-# a per-sample cost in the main process would make it 4x.
-_CPU_GROWTH_LIMIT = 1.5
-_PERSISTENT_TTFB_LIMIT_S = 0.010
 # A cell whose runs saw other processes use more than this many cores is marked noisy.
 _NOISY_CORES = 0.5
-
-
-@dataclass(frozen=True, slots=True)
-class Target:
-    """One goal from the issue, and whether this run met it."""
-
-    name: str
-    value: float | None
-    limit: float
-    at_least: bool = True  # True: value >= limit passes; False: value <= limit
-
-    @property
-    def status(self) -> str:
-        if self.value is None or math.isnan(self.value):
-            return "n/a"
-        met = self.value >= self.limit if self.at_least else self.value <= self.limit
-        return "pass" if met else "FAIL"
+# Others taking more than this share of the machine: the report says verdicts are blunt.
+_BUSY_SHARE = 0.25
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
@@ -50,64 +36,8 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 
 def baseline_ratio(result: BenchResult, cell: CellResult) -> float | None:
     """Ours in this cell over ours with 0 workers on the same workload, round by round."""
-    base = result.cell(Cell(cell.cell.workload, 0).name)
+    base = result.cell(Cell(cell.cell.workload, 0, settle=cell.cell.settle).name)
     return paired_ratio(cell.runs.get("ours", []), base.runs.get("ours", [])) if base else None
-
-
-def _cell_ratio(result: BenchResult, name: str) -> float | None:
-    cell = result.cell(name)
-    return cell.ratio() if cell else None
-
-
-def _throughput_targets(result: BenchResult, w: int) -> list[Target]:
-    cpu, io = result.cell(f"cpu w{w}"), result.cell(f"io threads{result.options.threads}")
-    return [
-        Target("tiny w0: ours/torch samples/s", _cell_ratio(result, "tiny w0"), 1.2),
-        Target(f"tiny w{w}: ours/torch samples/s", _cell_ratio(result, f"tiny w{w}"), 1.2),
-        Target("tiny batched w0: ours (ArrayDataset) / torch per-sample", _cell_ratio(result, "tiny batched w0"), 10.0),
-        Target(f"cpu w{w}: ours/torch samples/s", _cell_ratio(result, f"cpu w{w}"), 1.0),
-        Target(f"cpu w{w}: ours / ours w0", baseline_ratio(result, cpu) if cpu else None, 1.8),
-        Target(f"big w{w}: ours/torch samples/s", _cell_ratio(result, f"big w{w}"), 1.3),
-        Target(f"io threads{result.options.threads}: ours / ours w0", baseline_ratio(result, io) if io else None, 6.0),
-        Target(f"io w{w}: ours/torch samples/s", _cell_ratio(result, f"io w{w}"), 1.0),
-        Target(f"jpeg w{w}: ours/torch samples/s", _cell_ratio(result, f"jpeg w{w}"), 1.0),
-    ]  # fmt: skip
-
-
-def _latency_targets(result: BenchResult, w: int) -> list[Target]:
-    found = []
-    big, small = result.cell(f"big w{w}"), result.cell(f"big bs8 w{w}")
-    if big and small:
-        growth = _ratio(
-            big.median("ours", "cpu_per_batch_s"), small.median("ours", "cpu_per_batch_s")
-        )
-        found.append(
-            Target("big: ours main CPU/batch, bs32 / bs8", growth, _CPU_GROWTH_LIMIT, False)
-        )
-    for cell in result.cells:
-        c = cell.cell
-        if c.with_torch and c.num_workers > 0 and not c.thread_pool:
-            value = _ratio(cell.median("ours", "ttfb_cold_s"), cell.median("torch", "ttfb_cold_s"))
-            found.append(Target(f"{c.name}: first batch, ours/torch time", value, 1.0, False))
-    tiny = result.cell(f"tiny w{w}")
-    if tiny:
-        value = tiny.median("ours", "ttfb_persistent_epoch2_s")
-        found.append(
-            Target(
-                f"tiny w{w}: persistent 2nd-epoch first batch (s)",
-                value,
-                _PERSISTENT_TTFB_LIMIT_S,
-                False,
-            )
-        )
-    return found
-
-
-def targets(result: BenchResult) -> list[Target]:
-    """The issue's targets that this run measured (the rest are left out)."""
-    w = result.options.workers[0]
-    found = _throughput_targets(result, w) + _latency_targets(result, w)
-    return [t for t in found if t.value is not None]
 
 
 # --- tables ------------------------------------------------------------------------------------
@@ -153,16 +83,12 @@ def _row(result: BenchResult, cell: CellResult) -> list[str]:
     ]
 
 
-def _others(runs: list[dict[str, Any]]) -> list[float]:
-    return [r["others_cpu_cores"] for r in runs if r.get("others_cpu_cores") is not None]
-
-
 def _check_text(cell: CellResult) -> str:
     """'ok', or 'FAILED'; 'noisy' where other processes took a core share from the runs."""
     if cell.problems:
         return "FAILED"
-    others = _others([r for runs in cell.runs.values() for r in runs])
-    noisy = others and statistics.median(others) > _NOISY_CORES
+    seen = others([r for runs in cell.runs.values() for r in runs])
+    noisy = seen and statistics.median(seen) > _NOISY_CORES
     return "ok, noisy" if noisy else "ok"
 
 
@@ -174,7 +100,7 @@ _HEADER = [
 
 def _reference_rows(result: BenchResult) -> list[list[str]]:
     rows = []
-    for name in result.options.workloads:
+    for name in dict.fromkeys(c.cell.workload for c in result.cells):
         workload = workloads.WORKLOADS[name]
         memcpy = result.reference(name, "memcpy_bytes_per_s")
         plain, two = result.reference(name), result.reference(name, "plain_2proc_rate")
@@ -182,8 +108,9 @@ def _reference_rows(result: BenchResult) -> list[list[str]]:
             name,
             workload.summary,
             str(workload.batch_size),
-            f"{workload.size(result.options.size):,}",
+            f"{workload.size(result.options.size, auto=result.options.auto):,}",
             _num(plain),
+            _num(result.reference(name, "rate_torch_collate")),
             f"{_num(two)} ({two / plain:.2f}x)" if two and plain else "-",
             f"{memcpy / 1e9:.1f} GB/s" if memcpy else "-",
         ])  # fmt: skip
@@ -191,42 +118,148 @@ def _reference_rows(result: BenchResult) -> list[list[str]]:
 
 
 def _noise_line(result: BenchResult) -> str:
-    runs = [r for c in result.cells for rs in c.runs.values() for r in rs]
-    others = _others(runs)
+    seen = others([r for c in result.cells for rs in c.runs.values() for r in rs])
     load = " -> ".join(f"{x:.1f}" for x in result.load)
-    line = f"Machine: {os.cpu_count()} CPUs, load average {load} over the run."
-    if others:
+    line = f"Machine: {result.cpus} CPUs, load average {load} over the run."
+    if seen:
         line += (
-            f" Other processes used a median {statistics.median(others):.2f} cores "
-            f"(max {max(others):.2f}) during the measured epochs; 'noisy' marks cells "
+            f" Other processes used a median {statistics.median(seen):.2f} cores "
+            f"(max {max(seen):.2f}) during the measured epochs; 'noisy' marks cells "
             f"where they used more than {_NOISY_CORES}."
         )
+        if statistics.median(seen) > _BUSY_SHARE * result.cpus:
+            line += (
+                " The machine was busy: targets are judged with wide noise (a FAIL is still a "
+                "real shortfall); a quieter machine gives sharper verdicts."
+            )
+    for k, names in enumerate(result.remeasured):
+        line += f"\nExtra round {result.options.repeats + k + 1}: {', '.join(names)}."
     return line
+
+
+def _target_rows(result: BenchResult) -> list[list[str]]:
+    def noise(t: Target) -> str:
+        if t.noise is None or t.value is None:
+            return "-"
+        return f"±{100 * t.noise / abs(t.value):.0f}%" if t.value else f"±{t.noise:.3g}"
+
+    return [
+        [t.name, _num(t.value, digits=3), noise(t), ("≥ " if t.at_least else "≤ ") + f"{t.limit:g}",
+         str(len(t.rounds) or "-"), t.status]
+        for t in targets(result)
+    ]  # fmt: skip
+
+
+_REFERENCE_HEADER = [
+    "workload", "what", "batch", "samples", "plain loop (np.stack) samples/s",
+    "same, torch's default_collate", "plain loop, 2 processes", "memcpy",
+]  # fmt: skip
+_TARGET_HEADER = ["target", "measured", "noise", "limit", "rounds", ""]
 
 
 def format_report(result: BenchResult) -> str:
     """The tables printed at the end of a run (Markdown, so docs can paste them)."""
-    rows = [_row(result, c) for c in result.cells]
-    pairs = "Pairs are ours / torch; medians of "
-    parts = [
-        _table(_HEADER, rows),
-        f"{pairs}{result.options.repeats} alternating runs; ratios are medians of each round's "
-        "ratio; MB is peak USS (private memory: shared pages count for nobody).",
-        _table(
-            ["workload", "what", "batch", "samples", "plain loop samples/s",
-             "plain loop, 2 processes", "memcpy"],
-            _reference_rows(result),
-        ),
-        _table(
-            ["target", "measured", "limit", ""],
-            [[t.name, _num(t.value, digits=3), ("≥ " if t.at_least else "≤ ") + f"{t.limit:g}", t.status] for t in targets(result)],
-        ),
-    ]  # fmt: skip
-    parts.insert(2, _noise_line(result))
+    if result.options.auto:
+        parts = _auto_tables(result)
+    else:
+        parts = [
+            _table(_HEADER, [_row(result, c) for c in result.cells]),
+            f"Pairs are ours / torch; medians of {result.options.repeats} alternating runs; "
+            "ratios are medians of each round's ratio; MB is peak USS (private memory: shared "
+            "pages count for nobody).",
+        ]
+    parts += [
+        _noise_line(result),
+        _table(_REFERENCE_HEADER, _reference_rows(result)),
+        _table(_TARGET_HEADER, _target_rows(result)),
+        "A target misses 'within noise' when its median misses by less than the noise of its "
+        "rounds (docs/performance.md); FAIL is a miss beyond it.",
+    ]
     problems = [f"{c.cell.name}: {p}" for c in result.cells for p in c.problems]
     if problems:
         parts.append("Checks FAILED:\n" + "\n".join(f"  {p}" for p in problems))
     return "\n\n".join(parts)
+
+
+# --- the auto comparison -----------------------------------------------------------------------
+
+
+def _share(cell: CellResult, key: str) -> str:
+    value = cell.median("ours", f"stats.{key}")
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
+def _workers_text(cell: CellResult) -> str:
+    """The fixed count, or the counts auto used in its measured epochs (one per round)."""
+    if not cell.cell.auto:
+        return str(cell.cell.num_workers)
+    used = sorted({r["workers_used"] for r in cell.runs.get("ours", []) if r.get("ok")})
+    return "auto: " + ", ".join(map(str, used)) if used else "-"
+
+
+def _auto_row(cell: CellResult) -> list[str]:
+    return [
+        cell.cell.setting,
+        _num(cell.median("ours", "rate")),
+        _num(cell.median("torch", "rate")) if cell.cell.with_torch else "-",
+        _num(cell.ratio(), digits=2) if cell.cell.with_torch else "-",
+        _workers_text(cell),
+        _share(cell, "wait_share"),
+        _share(cell, "starved_share"),
+        _check_text(cell),
+    ]
+
+
+def _best_text(cell: CellResult | None, loader: str = "ours") -> str:
+    return "-" if cell is None else f"{_num(cell.median(loader, 'rate'))} ({cell.cell.setting})"
+
+
+def _vs_text(top: CellResult | None, bottom: CellResult | None, loader: str = "ours") -> str:
+    if top is None or bottom is None:
+        return "-"
+    return _num(paired_ratio(top.runs.get("ours", []), bottom.runs.get(loader, [])), digits=2)
+
+
+def _summary_row(result: BenchResult, workload: str) -> list[str]:
+    side = auto_side(result, workload)
+    autos = (side.auto, side.threads)
+    return [
+        workload,
+        *(_num(c.median("ours", "rate")) if c else "-" for c in autos),
+        " / ".join(_workers_text(c).removeprefix("auto: ") if c else "-" for c in autos),
+        _best_text(side.best),
+        _best_text(side.torch_best, "torch"),
+        *(_vs_text(c, side.best) for c in autos),
+        _vs_text(side.chosen, side.torch_best, "torch"),
+    ]
+
+
+_AUTO_HEADER = [
+    "setting", "ours samples/s", "torch samples/s", "ours/torch", "workers", "waiting",
+    "starved", "check",
+]  # fmt: skip
+_SUMMARY_HEADER = [
+    "workload", "auto", "auto threads", "settled on (processes / threads)", "best fixed, ours",
+    "torch's best fixed", "auto / best", "auto threads / best", "better auto / torch's best",
+]  # fmt: skip
+
+
+def _auto_tables(result: BenchResult) -> list[str]:
+    """A summary across workloads, then each workload's settings (all measured warm)."""
+    names = list(dict.fromkeys(c.cell.workload for c in result.cells if c.cell.settle))
+    parts = [
+        _table(_SUMMARY_HEADER, [_summary_row(result, name) for name in names]),
+        f"Samples/s are medians of {result.options.repeats} rounds, each cell measured on an "
+        "epoch of a persistent loader after warm-up epochs (auto: until its count held 1 s); "
+        "ratios are medians of each round's ratio. 'waiting' and 'starved' are ours' "
+        "loader.stats of that epoch: the loop's time in next(), and the part of it with no "
+        "batch ready.",
+    ]
+    for name in names:
+        cells = [c for c in result.cells if c.cell.workload == name and c.cell.settle]
+        title = f"{name}: {workloads.WORKLOADS[name].summary}"
+        parts.append(f"{title}\n\n" + _table(_AUTO_HEADER, [_auto_row(c) for c in cells]))
+    return parts
 
 
 # --- json and plot -----------------------------------------------------------------------------
@@ -236,7 +269,8 @@ def _medians(cell: CellResult, loader: str) -> dict[str, float | None]:
     keys = (
         "rate", "ttfb_s", "ttfb_cold_s", "ttfb_epoch2_s", "ttfb_persistent_epoch2_s",
         "cpu_per_batch_s", "mem_main_uss", "mem_main_pss", "mem_workers_uss", "mem_workers_pss",
-        "rate_with_checks", "others_cpu_cores",
+        "rate_with_checks", "others_cpu_cores", "workers_used", "stats.wait_share",
+        "stats.starved_share",
     )  # fmt: skip
     return {key: cell.median(loader, key) for key in keys}
 
@@ -251,13 +285,14 @@ def _meta(result: BenchResult) -> dict[str, Any]:
     return {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "machine": platform.machine(),
-        "cpus": os.cpu_count(),
+        "cpus": result.cpus,
         "python": platform.python_version(),
         "torch": torch.__version__,
         "numpy": numpy.__version__,
         "batchloader": batchloader.__version__,
         "options": options,
         "load_average": result.load,
+        "remeasured": result.remeasured,
     }
 
 
@@ -279,7 +314,7 @@ def to_json(result: BenchResult) -> dict[str, Any]:
         name: {"rate": result.reference(name), "runs": runs}
         for name, runs in result.references.items()
     }
-    found = [{**asdict(t), "status": t.status} for t in targets(result)]
+    found = [{**asdict(t), "status": t.status, "noise": t.noise} for t in targets(result)]
     document = {
         "meta": _meta(result),
         "ok": result.ok,
@@ -314,7 +349,11 @@ def from_json(document: dict[str, Any]) -> BenchResult:
         for c in document["cells"]
     ]
     references = {name: ref["runs"] for name, ref in document["references"].items()}
-    return BenchResult(options, cells, references, document["meta"].get("load_average", []))
+    meta = document["meta"]
+    return BenchResult(
+        options, cells, references, meta.get("load_average", []), meta.get("remeasured", []),
+        meta.get("cpus") or os.cpu_count() or 1,
+    )  # fmt: skip
 
 
 def _panel(ax: Any, result: BenchResult, name: str) -> None:
@@ -367,7 +406,7 @@ def plot(result: BenchResult, path: str | os.PathLike[str]) -> None:
         ax.set_visible(False)
     axes.flat[0].legend(fontsize=7)
     fig.suptitle(
-        f"batchloader vs torch DataLoader, {os.cpu_count()} CPUs (labels: ours/torch)", fontsize=9
+        f"batchloader vs torch DataLoader, {result.cpus} CPUs (labels: ours/torch)", fontsize=9
     )
     fig.tight_layout()
     fig.savefig(path, dpi=90)

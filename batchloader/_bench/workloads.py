@@ -4,6 +4,10 @@ Every dataset returns ``(data, index)`` for sample ``index``, and ``data`` is a
 function of ``index`` alone (random crops and flips included), so what a loader
 delivered can be checked against a checksum whatever its worker count.
 
+Each workload's physical reference lives here too: :class:`PlainLoop`, the
+loop ``dataset[i]`` for each index and ``np.stack`` (:func:`stack_collate`),
+no loader; in one process, and (:func:`two_process_rate`) in two at once.
+
 This module imports NumPy (and Pillow for ``jpeg``) but not torch, so the
 runner can plan and prepare workloads cheaply; torch-dependent pieces import it
 when called.
@@ -13,7 +17,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,22 +25,33 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "AUTO_SUITE",
     "SIZES",
+    "SUITE",
     "WORKLOADS",
     "BigDataset",
     "CpuDataset",
     "IoDataset",
     "JpegDataset",
     "PadDataset",
+    "PlainLoop",
     "TinyDataset",
+    "TrainDataset",
     "Workload",
     "build_collate",
     "build_dataset",
     "default_cache_dir",
+    "memcpy_bandwidth",
+    "overlap_rate",
     "prepare",
+    "stack_collate",
+    "two_process_rate",
 ]
 
 SIZES = ("full", "quick", "smoke")
+# What the suite runs by default, and the auto comparison (``--auto``; issue 22's list).
+SUITE = ("tiny", "cpu", "big", "io", "jpeg", "pad")
+AUTO_SUITE = ("tiny", "cpu", "big", "io", "jpeg", "train")
 
 # Work per cpu sample: this many tanh passes over 2048 floats take ~0.5 ms on an idle 2020s core.
 _CPU_ITERS = 80
@@ -50,6 +65,14 @@ _JPEG_QUALITY = 90
 _JPEG_VERSION = 1
 _PAD_MIN_LEN, _PAD_MAX_LEN = 8, 512
 _PAD_VOCAB = 30_000
+_MEMCPY_REPEATS = 8
+# The train workload: lighter per-sample work than cpu (~0.2 ms on an idle core), and a
+# training step the consumer sleeps per batch (an accelerator step: the CPU is free meanwhile).
+# One worker makes a 32-sample batch in ~7 ms, well inside the step: 1 worker suffices
+# on an idle machine, 0 does not (load + step in turn), so "does auto take more than
+# it needs" has an answer to compare with.
+_TRAIN_ITERS = 32
+_TRAIN_STEP_S = 0.020
 
 
 def _rng(seed: int) -> np.random.Generator:
@@ -93,6 +116,13 @@ class CpuDataset:
         for _ in range(self.iters):
             a = np.tanh(a * np.float32(1.5) + np.float32(0.25))
         return a[:64].copy(), index
+
+
+class TrainDataset(CpuDataset):
+    """``cpu``'s work, lighter (~0.2 ms a sample); the consumer adds a training step per batch."""
+
+    def __init__(self, n: int, iters: int = _TRAIN_ITERS):
+        super().__init__(n, iters)
 
 
 class BigDataset:
@@ -217,9 +247,11 @@ class Workload:
     batch_size: int
     sizes: dict[str, int]  # size level -> number of samples
     latency_batches: int = 6  # batches per epoch in the time-to-first-batch runs
+    step_s: float = 0.0  # the consumer's simulated training step per batch
+    auto_sizes: dict[str, int] | None = None  # in the auto comparison, if not ``sizes``
 
-    def size(self, level: str) -> int:
-        return self.sizes[level]
+    def size(self, level: str, *, auto: bool = False) -> int:
+        return (self.auto_sizes if auto and self.auto_sizes else self.sizes)[level]
 
 
 WORKLOADS: dict[str, Workload] = {
@@ -231,12 +263,17 @@ WORKLOADS: dict[str, Workload] = {
                  {"full": 3_200, "quick": 960, "smoke": 96}),
         Workload("big", "3x224x224 float32 samples: moving large batches", 32,
                  {"full": 1_536, "quick": 512, "smoke": 64}),
+        # In the auto comparison io epochs are longer: auto doubles the workers once a
+        # window (0.4 s) shows the loop waiting, and a window does not span epochs.
         Workload("io", "3 ms sleep per sample: latency-bound", 16,
-                 {"full": 960, "quick": 320, "smoke": 48}),
+                 {"full": 960, "quick": 320, "smoke": 48},
+                 auto_sizes={"full": 1_920, "quick": 960, "smoke": 48}),
         Workload("jpeg", "Pillow decode, random crop and flip", 16,
                  {"full": 512, "quick": 160, "smoke": 32}),
         Workload("pad", "8-511 int64 tokens padded per batch", 32,
                  {"full": 20_000, "quick": 6_400, "smoke": 256}),
+        Workload("train", "~0.2 ms of NumPy per sample, a 20 ms training step per batch", 32,
+                 {"full": 6_400, "quick": 1_920, "smoke": 128}, step_s=_TRAIN_STEP_S),
     )
 }  # fmt: skip
 
@@ -260,6 +297,7 @@ def build_dataset(name: str, n: int, cache_dir: Path, *, batched: bool = False) 
         "io": lambda: IoDataset(n),
         "jpeg": lambda: JpegDataset(_jpeg_dir(cache_dir), n),
         "pad": lambda: PadDataset(n),
+        "train": lambda: TrainDataset(n),
     }
     if name not in builders:
         raise ValueError(f"unknown workload {name!r}; choose from {sorted(builders)}")
@@ -273,3 +311,101 @@ def build_collate(name: str) -> Any:
     import batchloader
 
     return batchloader.Tuple(batchloader.Pad(pad_val=0, ret_length=True), batchloader.Stack())
+
+
+# --- the plain loop: the physical reference ---------------------------------------------------
+
+
+def stack_collate(samples: list[Any]) -> list[Any]:
+    """The plain loop's collate: each field ``np.stack``-ed (labels ``np.asarray``), as tensors.
+
+    ``torch.from_numpy`` wraps without copying: one copy per sample, into the batch.
+    """
+    import torch
+
+    return [
+        torch.from_numpy(np.stack(field) if isinstance(field[0], np.ndarray) else np.asarray(field))
+        for field in zip(*samples, strict=True)
+    ]
+
+
+class PlainLoop:
+    """The physical reference: ``collate([ds[i] for i in batch])``, in this process."""
+
+    def __init__(
+        self, dataset: Any, collate: Callable[[list[Any]], Any], batch_size: int, sampler: Any
+    ):
+        self.dataset, self.collate, self.batch_size = dataset, collate, batch_size
+        self.sampler = range(len(dataset)) if sampler is None else sampler
+
+    def __len__(self) -> int:
+        return -(-len(self.sampler) // self.batch_size)
+
+    def __iter__(self) -> Iterator[Any]:
+        indices = list(self.sampler)
+        for start in range(0, len(indices), self.batch_size):
+            chunk = indices[start : start + self.batch_size]
+            yield self.collate([self.dataset[i] for i in chunk])
+
+
+def memcpy_bandwidth(nbytes: int) -> float:
+    """Bytes/s of one large copy: the floor under moving a batch between buffers."""
+    source = np.ones(nbytes // 4, dtype=np.float32)
+    dest = np.zeros_like(source)
+    np.copyto(dest, source)  # fault the pages in first
+    start = time.perf_counter()
+    for _ in range(_MEMCPY_REPEATS):
+        np.copyto(dest, source)
+    return nbytes * _MEMCPY_REPEATS / (time.perf_counter() - start)
+
+
+def _plain_timeline(dataset: Any, collate: Any, batch_size: int, out: Any) -> None:
+    """One of the two processes: the whole plain loop, sending ``(time, samples)`` per batch."""
+    stamps = [(time.perf_counter(), 0)]
+    for batch in PlainLoop(dataset, collate, batch_size, None):
+        stamps.append((time.perf_counter(), len(batch[-1])))
+    out.send(stamps)
+
+
+def overlap_rate(timelines: list[list[tuple[float, int]]], warmup: float) -> float:
+    """Samples/s that processes running at once delivered together, past their warm-up.
+
+    Each timeline starts with ``(start, 0)`` and has ``(arrival, samples)`` per
+    batch. The window runs from the last process's end of warm-up (its first
+    ``warmup`` share of batches) to the first process's end, so every process ran
+    throughout; batches arriving in it are counted (one straddles each edge).
+    """
+    starts, ends = [], []
+    for stamps in timelines:
+        batches = len(stamps) - 1
+        warm = min(batches - 1, max(1, int(batches * warmup)))
+        starts.append(stamps[warm][0])
+        ends.append(stamps[-1][0])
+    low, high = max(starts), min(ends)
+    if high <= low:  # too few batches to overlap: the whole span instead
+        total = sum(n for stamps in timelines for _, n in stamps)
+        return total / (max(ends) - min(stamps[0][0] for stamps in timelines))
+    inside = sum(n for stamps in timelines for at, n in stamps[1:] if low < at <= high)
+    return inside / (high - low)
+
+
+def two_process_rate(dataset: Any, collate: Any, batch_size: int, warmup: float) -> float:
+    """Samples/s of the plain loop run in two processes at once, each over the whole dataset.
+
+    What this machine gives two processes doing a loader's work with no loader
+    at all: the ceiling for any loader's two-worker speed.
+    """
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    pipes = [ctx.Pipe(duplex=False) for _ in range(2)]
+    procs = [
+        ctx.Process(target=_plain_timeline, args=(dataset, collate, batch_size, w))
+        for _, w in pipes
+    ]
+    for p in procs:
+        p.start()
+    timelines = [r.recv() for r, _ in pipes]
+    for p in procs:
+        p.join()
+    return overlap_rate(timelines, warmup)
