@@ -20,6 +20,7 @@ with ``park(timeout_s) -> None`` and ``resume() -> None`` (:class:`Parkable`).
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 import time
 import weakref
@@ -31,6 +32,7 @@ __all__ = [
     "Parkable",
     "Parking",
     "forking",
+    "join_thread",
     "mark_parkable",
     "park_requested",
     "register",
@@ -39,6 +41,9 @@ __all__ = [
 # How long a fork waits for the loader's threads to park: one batch of a slow pin
 # function or dataset should fit; past it the fork goes ahead (and Python may warn).
 _PARK_WAIT_S = 2.0
+# How long a joined thread gets to leave the system's thread list (microseconds, usually).
+_EXIT_WAIT_S = 0.05
+_EXIT_POLL_S = 0.0002
 
 
 class ParkRequested(Exception):
@@ -98,6 +103,23 @@ class Parking:
         with self._lock:
             parked, self.parked = self.parked, False
             return parked
+
+
+def join_thread(thread: threading.Thread, timeout_s: float) -> None:
+    """Joins a parked (or ending) ``thread``, then waits until the system has removed it too.
+
+    ``join()`` returns once the thread's Python state is gone, a moment
+    before its system thread exits; Python 3.12+ counts the process's system
+    threads when it warns at a fork, so a fork right after a join could still
+    see it.
+    """
+    thread.join(timeout_s)
+    if thread.is_alive() or thread.native_id is None:
+        return
+    task = f"/proc/self/task/{thread.native_id}"
+    deadline = time.monotonic() + _EXIT_WAIT_S
+    while os.path.exists(task) and time.monotonic() < deadline:
+        time.sleep(_EXIT_POLL_S)
 
 
 def register(owner: Parkable) -> None:

@@ -29,6 +29,7 @@ from .samplers import DistributedSampler
 
 __all__ = [
     "DEFAULT_PREFETCH_FACTOR",
+    "auto_epoch_workers",
     "default_context",
     "remember_auto",
     "settings",
@@ -49,6 +50,20 @@ def default_context() -> multiprocessing.context.BaseContext:
     nothing pickled, and no thread of the pool runs while it forks.
     """
     return multiprocessing.get_context(multiprocessing.get_start_method(allow_none=True) or "fork")
+
+
+def auto_epoch_workers(loader: Any) -> str:
+    """Sets ``num_workers="auto"``'s count for the epoch about to start; says why, if it moved.
+
+    Map-style datasets only: an iterable dataset is split by worker count.
+    """
+    if not isinstance(loader.num_workers, _tuning.AutoCount) or loader._iterable:
+        return ""
+    epoch = loader._epoch
+    previous = epoch.stats.snapshot() if epoch is not None and epoch.finished else None
+    count = loader._auto.epoch_workers(previous, int(loader.num_workers))
+    loader.num_workers = _tuning.AutoCount(count)
+    return str(loader._auto.note)
 
 
 def remember_auto(loader_ref: weakref.ref[Any], change: _tuning.Change) -> None:
@@ -119,9 +134,10 @@ def fetch_mode(loader: Any) -> FetchMode:
 
 def settings(loader: Any) -> tuple[FetchSpec, LoaderConfig]:
     """The attributes as they are now, checked, as the workers' and iterators' values."""
-    args.check_workers(
-        loader.num_workers, loader.timeout, loader.prefetch_factor, loader.persistent_workers
-    )
+    workers = loader.num_workers
+    # "auto" may run an epoch with no workers; its other settings stay those of workers.
+    checked = max(int(workers), 1) if isinstance(workers, _tuning.AutoCount) else workers
+    args.check_workers(checked, loader.timeout, loader.prefetch_factor, loader.persistent_workers)
     args.check_callables(collate_fn=loader.collate_fn, worker_init_fn=loader.worker_init_fn)
     processes = loader.num_workers > 0 and not loader.thread_pool
     spec = FetchSpec(

@@ -304,7 +304,7 @@ class _Runner:
     def park(self, timeout_s: float) -> None:
         """Waits until the thread has parked (or ended), at most ``timeout_s``."""
         if self.thread is not threading.current_thread():
-            self.thread.join(timeout_s)
+            _fork_guard.join_thread(self.thread, timeout_s)
 
     def resume(self) -> None:
         """Starts the thread again where it parked; nothing if it did not park."""

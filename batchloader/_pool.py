@@ -287,7 +287,7 @@ class WorkerPool:
         """Waits for the thread workers to park for a fork (each after its current task)."""
         deadline = time.monotonic() + timeout_s
         for member in [*self._active, *self._retiring]:
-            member.handle.join(max(0.0, deadline - time.monotonic()))
+            _fork_guard.join_thread(member.handle, max(0.0, deadline - time.monotonic()))
 
     def resume(self) -> None:
         """Starts the thread workers that parked for a fork again."""

@@ -36,7 +36,9 @@ from ._stats import (
     IO_THRESHOLD,
     IO_WORKERS_PER_CORE,
     WAIT_THRESHOLD,
+    Bottleneck,
     EpochRecorder,
+    LoaderStats,
     cores,
 )
 
@@ -51,6 +53,8 @@ _WINDOW_MAX_S = 3.0
 _GAIN = 1.05
 # Settled: the loop's waiting share must move this far (either way) to re-open the search.
 _REOPEN = 0.05
+# An epoch this short says too little to try (or judge) num_workers=0 on.
+_TRIAL_BATCHES = 16
 # prefetch_factor="auto" grows the prefetch depth up to this.
 _MAX_PREFETCH = 8
 # Of /dev/shm's free space, what batches in flight may take.
@@ -313,6 +317,48 @@ class LoaderAuto:
 
     def __init__(self) -> None:
         self._tuner: AutoTuner | None = None
+        self._trial: tuple[int, float] | None = None  # (the count before, its rate): 0 on trial
+        self._tried_zero = False
+        self.note = ""  # why the epoch starts with the count it does (for its statistics)
+
+    def epoch_workers(self, previous: LoaderStats | None, current: int) -> int:
+        """The worker count the next epoch starts with: ``current``, or a trial of none.
+
+        When the loop waited for batches that the workers were not busy making
+        (the main process's handling of each batch set the pace: samples so
+        cheap that a worker costs more than it brings), the next epoch runs with
+        ``num_workers=0`` once, and keeps it if it was faster. Only at an epoch's
+        start: batches made in the main process draw from its global random
+        generators rather than the per-batch seeds, so each epoch is that of
+        one fixed count.
+        """
+        self.note = ""
+        if previous is None or previous.batches < _TRIAL_BATCHES:
+            return current
+        rate = _steady_rate(previous)
+        if current == 0 and self._trial is not None:
+            before, before_rate = self._trial
+            self._trial = None
+            if rate >= before_rate * _GAIN:
+                self.note = (
+                    f"num_workers=0 ran {rate:.0f} batches/s, {before} workers {before_rate:.0f}"
+                )
+                return 0
+            self.note = f"back to {before} workers: num_workers=0 ran {rate:.0f} batches/s"
+            return before
+        if (
+            current == 0
+            or self._tried_zero
+            or previous.diagnosis.bottleneck is not Bottleneck.TRANSFER
+        ):
+            return current
+        self._tried_zero = True
+        self._trial = (current, rate)
+        self.note = (
+            f"trying num_workers=0: the loop waited with {current} workers "
+            f"{100 * previous.worker_busy_share:.0f}% busy ({rate:.0f} batches/s)"
+        )
+        return 0
 
     @staticmethod
     def capacity(config: LoaderConfig, *, iterable: bool) -> int:
@@ -336,6 +382,11 @@ class LoaderAuto:
             )
         self._tuner.begin_epoch(workers, prefetch)
         return self._tuner
+
+
+def _steady_rate(stats: LoaderStats) -> float:
+    """An epoch's batches per second after its first batch."""
+    return max(stats.batches - 1, 0) / max(stats.wall_s - stats.first_batch_s, 1e-9)
 
 
 def _is_process(config: LoaderConfig) -> bool:

@@ -326,6 +326,7 @@ class DataLoader(_resume.Resumable, _TorchDataLoader[T_co]):
 
     # Our iterators are not torch's _BaseDataLoaderIter; callers only iterate them.
     def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
+        auto_note = _loader_settings.auto_epoch_workers(self)
         spec, config = _loader_settings.settings(self)
         previous = self._current()
         if config.persistent_workers and previous is not None:
@@ -343,6 +344,8 @@ class DataLoader(_resume.Resumable, _TorchDataLoader[T_co]):
         epoch.stats = EpochRecorder(
             self._epochs_started, _loader_settings.stats_settings(self, config)
         )
+        if auto_note:
+            epoch.stats.decisions.append(f"0.00 s: {config.num_workers} workers ({auto_note})")
         self._epochs_started += 1
         self._epoch = epoch
         if self._batch_dataset:

@@ -215,3 +215,66 @@ def test_settling_is_a_decision_the_report_shows(monkeypatch):
     changes = _drive(monkeypatch, tuner, 1, 200, 0.01, starved=0.0, busy=1.9, cpu=1.0)
     assert [c.workers for c in changes] == [2]
     assert changes[0].why.startswith("settled: ")
+
+
+def _epoch_stats(*, batches, wall_s, bottleneck_shares):
+    """A finished epoch's statistics, its numbers chosen to read as one bottleneck."""
+    from batchloader._stats import LoaderStats
+
+    starved, busy = bottleneck_shares
+    return LoaderStats(
+        epoch=0, running=False, wall_s=wall_s, batches=batches, samples=batches * 64,
+        first_batch_s=0.01, wait_s=wall_s * starved, wait_share=starved, wait_p50_s=0.0,
+        wait_p95_s=0.0, step_s=0.0, worker_batch_p50_s=0.0001, worker_batch_p95_s=0.0001,
+        worker_busy_share=busy, worker_cpu_share=1.0, steady_wait_share=starved,
+        starved_share=starved, ready_mean=0.0, bytes=0, settings={"num_workers": 2},
+        available_cores=2,
+    )  # fmt: skip
+
+
+def test_auto_tries_no_workers_after_an_epoch_its_main_process_paced():
+    """Workers idle while the loop waited (samples too cheap): the next epoch tries none."""
+    auto = _tuning.LoaderAuto()
+    paced = _epoch_stats(batches=500, wall_s=0.5, bottleneck_shares=(0.6, 0.3))
+    assert auto.epoch_workers(paced, 2) == 0
+    assert auto.note.startswith("trying num_workers=0")
+
+
+def test_auto_keeps_no_workers_only_if_that_epoch_was_faster():
+    """The trial epoch is judged by its rate: faster stays at 0, slower goes back."""
+    paced = _epoch_stats(batches=500, wall_s=0.5, bottleneck_shares=(0.6, 0.3))
+    faster = _epoch_stats(batches=500, wall_s=0.2, bottleneck_shares=(0.9, 0.0))
+    slower = _epoch_stats(batches=500, wall_s=1.0, bottleneck_shares=(0.9, 0.0))
+    for trial, expected in ((faster, 0), (slower, 2)):
+        auto = _tuning.LoaderAuto()
+        assert auto.epoch_workers(paced, 2) == 0
+        assert auto.epoch_workers(trial, 0) == expected
+        assert auto.epoch_workers(paced, expected) == expected  # tried once, not again
+
+
+def test_busy_workers_are_never_swapped_for_none():
+    """Workers busy making batches (CPU- or I/O-bound): no trial of num_workers=0."""
+    busy = _epoch_stats(batches=500, wall_s=0.5, bottleneck_shares=(0.6, 0.95))
+    assert _tuning.LoaderAuto().epoch_workers(busy, 2) == 2
+
+
+def test_an_epoch_auto_runs_without_workers_is_that_of_num_workers_0(monkeypatch):
+    """Its batches come from the main process's generators, as with a fixed num_workers=0."""
+    monkeypatch.setattr(_tuning.LoaderAuto, "epoch_workers", lambda *_: 0)
+    dataset = Augmented(24)
+    with DataLoader(dataset, batch_size=4, num_workers="auto", persistent_workers=True) as auto:
+        _seed_all(3)
+        got = _epoch(auto)
+        assert int(auto.num_workers) == 0 and auto.stats.settings["num_workers"] == 0
+    _seed_all(3)
+    assert got == _epoch(DataLoader(dataset, batch_size=4))
+
+
+def _seed_all(seed):
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)

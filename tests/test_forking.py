@@ -102,6 +102,20 @@ with DataLoader(SlowDataset(12, 0.002), batch_size=2, num_workers=2, persistent_
     for _ in range(3):
         list(DataLoader(RangeDataset(8), batch_size=2, num_workers=2))
     print(len(list(pinned)), len(list(epoch)))
+
+# num_workers="auto" growing and shrinking its pool while its pin-memory thread runs
+import itertools
+from batchloader import _tuning, loader as loader_module
+sizes = itertools.cycle([3, 1, 4, 2])
+def observe(self, stats, batch_bytes=0):
+    if stats.wait.count % 3 != 2:
+        return None
+    self.workers = next(sizes)
+    return _tuning.Change(self.workers, self.prefetch, "scripted")
+_tuning.AutoTuner.observe = observe
+loader_module.make_pin_fn = lambda *_, **__: lambda b: b
+auto = DataLoader(SlowDataset(40, 0.002), batch_size=2, num_workers="auto", pin_memory=True)
+print(len(list(auto)), len(auto.stats.decisions) > 4)
 """
 
 
@@ -115,5 +129,5 @@ def test_no_fork_of_ours_warns_about_threads():
         timeout=120,
     )
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["5", "5"]
+    assert done.stdout.split() == ["5", "5", "20", "True"]
     assert "multi-threaded" not in done.stderr, done.stderr
