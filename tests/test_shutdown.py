@@ -55,6 +55,10 @@ def test_ctrl_c_stops_cleanly_and_workers_print_nothing():
     before = shm_segments()
     proc = _python(
         """
+        import signal
+        # As run from a terminal: a shell's background job (`cmd &` without job control)
+        # starts with SIGINT ignored, and Python then leaves Ctrl-C ignored too.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         loader = DataLoader(SlowDataset(10_000, delay_s=0.01), batch_size=4, num_workers=2)
         print("started", flush=True)
         try:
