@@ -9,6 +9,7 @@ itself), fix each. They know nothing of loaders.
 from __future__ import annotations
 
 import contextlib
+import _thread
 import ctypes
 import multiprocessing.util
 import os
@@ -83,7 +84,9 @@ def die_with_parent(names: Any) -> None:
         if os.getppid() != parent and names is not None:
             names.unlink_all()
 
-    threading.Thread(target=watch, name="batchloader-parent-watch", daemon=True).start()
+    # Started without waiting for it to run (threading.Thread.start would): it has
+    # nothing to do for a while, and the worker's first batch should not wait.
+    _thread.start_new_thread(watch, ())
     multiprocessing.util.Finalize(None, at_exit, exitpriority=100)
 
 

@@ -154,7 +154,21 @@ def new_prefix() -> str:
 
 def new_leases(ctx: Any, num_workers: int) -> Any:
     """The shared lease bytes for a pool of ``num_workers`` workers."""
-    return ctx.RawArray("B", num_workers * _SLOTS_PER_WORKER)
+    return _shared_bytes(ctx, "B", num_workers * _SLOTS_PER_WORKER)
+
+
+def _shared_bytes(ctx: Any, typecode: str, size: int) -> Any:
+    """``size`` zeroed bytes that the main process and its workers share.
+
+    Forked workers inherit an anonymous shared mapping: no file, a few
+    microseconds. Spawned and forkserver workers receive them by pickling,
+    which takes ``multiprocessing``'s ``RawArray`` (a file in a heap arena: the
+    first one in a process costs ~1.5 ms, and a new loader's time to its first
+    batch is made of such costs). Both index and slice as bytes do.
+    """
+    if ctx.get_start_method() == "fork":
+        return mmap.mmap(-1, max(size, 1))
+    return ctx.RawArray(typecode, size)
 
 
 class Names:
@@ -167,7 +181,7 @@ class Names:
 
     def __init__(self, ctx: Any, num_workers: int):
         self.records_per_worker = _SLOTS_PER_WORKER + _ONE_OFF_RECORDS
-        self.table = ctx.RawArray("c", num_workers * self.records_per_worker * _NAME_BYTES)
+        self.table = _shared_bytes(ctx, "c", num_workers * self.records_per_worker * _NAME_BYTES)
 
     def record(self, worker_id: int, index: int, name: str) -> None:
         start = (worker_id * self.records_per_worker + index) * _NAME_BYTES

@@ -300,3 +300,25 @@ def test_every_worker_is_forked_before_the_sampler_is_drawn():
     )
     assert len(list(loader)) == 4
     assert seen == [3]
+
+
+def test_a_workers_torch_seed_is_what_torch_manual_seed_gives():
+    """A new worker's torch generator: the seed and the state torch.manual_seed(seed) makes."""
+    from batchloader import _seeding
+
+    torch.manual_seed(1234)
+    expected_state = torch.get_rng_state()
+    torch.manual_seed(1)
+    _seeding.seed_process_worker(1234, 0, 1234)
+    assert torch.initial_seed() == 1234
+    assert torch.equal(torch.get_rng_state(), expected_state)
+
+
+def test_a_cpu_only_torch_seeds_a_worker_without_torch_manual_seed(monkeypatch):
+    """With no accelerator to seed, the worker skips torch.manual_seed and its stack trace."""
+    from batchloader import _seeding
+
+    monkeypatch.setattr(_seeding, "seeds_an_accelerator", lambda: False)
+    monkeypatch.setattr(torch, "manual_seed", lambda seed: pytest.fail("torch.manual_seed called"))
+    _seeding.seed_process_worker(99, 0, 99)
+    assert torch.initial_seed() == 99
