@@ -8,8 +8,8 @@ itself), fix each. They know nothing of loaders.
 
 from __future__ import annotations
 
-import contextlib
 import _thread
+import contextlib
 import ctypes
 import multiprocessing.util
 import os

@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import numpy.random  # noqa: F401  # before any fork: NumPy 2 imports it lazily, ~9 ms in each worker
+import numpy.random  # before any fork: NumPy 2 imports it lazily, ~9 ms in each worker
 import torch
 
 __all__ = [

@@ -319,6 +319,6 @@ def test_a_cpu_only_torch_seeds_a_worker_without_torch_manual_seed(monkeypatch):
     from batchloader import _seeding
 
     monkeypatch.setattr(_seeding, "seeds_an_accelerator", lambda: False)
-    monkeypatch.setattr(torch, "manual_seed", lambda seed: pytest.fail("torch.manual_seed called"))
+    monkeypatch.setattr(torch, "manual_seed", lambda _seed: pytest.fail("torch.manual_seed called"))
     _seeding.seed_process_worker(99, 0, 99)
     assert torch.initial_seed() == 99
