@@ -322,3 +322,28 @@ def test_a_cpu_only_torch_seeds_a_worker_without_torch_manual_seed(monkeypatch):
     monkeypatch.setattr(torch, "manual_seed", lambda _seed: pytest.fail("torch.manual_seed called"))
     _seeding.seed_process_worker(99, 0, 99)
     assert torch.initial_seed() == 99
+
+
+def _backends(monkeypatch, *, cuda_built, cuda_bad_fork):
+    """This torch as if only CUDA might be built, with the fork state given."""
+    monkeypatch.setattr(torch.backends.cuda, "is_built", lambda: cuda_built)
+    monkeypatch.setattr(torch.cuda, "_is_in_bad_fork", lambda: cuda_bad_fork)
+    monkeypatch.setattr(torch.xpu, "_is_compiled", lambda: False)
+    monkeypatch.setattr(torch.mtia, "_is_compiled", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_built", lambda: False)
+
+
+def test_a_built_usable_accelerator_is_seeded_through_torch_manual_seed(monkeypatch):
+    """CUDA built and usable in this process: its lazy seeding must be queued, as torch does."""
+    from batchloader import _seeding
+
+    _backends(monkeypatch, cuda_built=True, cuda_bad_fork=False)
+    assert _seeding.seeds_an_accelerator()
+
+
+def test_an_accelerator_a_forked_worker_cannot_use_is_not_seeded(monkeypatch):
+    """CUDA initialised before the fork (bad fork in the child): torch.manual_seed skips it too."""
+    from batchloader import _seeding
+
+    _backends(monkeypatch, cuda_built=True, cuda_bad_fork=True)
+    assert not _seeding.seeds_an_accelerator()
