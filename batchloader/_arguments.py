@@ -48,8 +48,9 @@ def check_workers(
             f"timeout option should be non-negative, got timeout={timeout!r} (a number of seconds)"
         )
     if num_workers == 0 and prefetch_factor is not None:
+        given = "'auto'" if isinstance(prefetch_factor, AutoCount) else repr(prefetch_factor)
         raise ValueError(
-            f"prefetch_factor={prefetch_factor!r} needs workers: prefetch_factor option could only "
+            f"prefetch_factor={given} needs workers: prefetch_factor option could only "
             "be specified in multiprocessing; let num_workers > 0 to enable multiprocessing, "
             "otherwise set prefetch_factor to None"
         )

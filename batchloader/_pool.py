@@ -19,6 +19,7 @@ task queued and never waits on the main process.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import logging
@@ -216,11 +217,10 @@ class WorkerPool:
         if not 1 <= count <= self.capacity:
             raise ValueError(f"a pool of capacity {self.capacity} cannot have {count} workers")
         self._target = count
-        with _fork_guard.forking():  # our other threads keep out of the pool meanwhile
-            if count > len(self._active):
-                self._grow(count)
-            else:
-                self._shrink(count)
+        if count > len(self._active):
+            self._grow(count)
+        else:
+            self._shrink(count)
 
     def set_prefetch(self, prefetch: int) -> None:
         """How many tasks each worker may hold from now on."""
@@ -233,7 +233,9 @@ class WorkerPool:
 
     def _grow(self, count: int) -> None:
         setup = dataclasses.replace(self.setup, num_workers=count)
-        with _fork_guard.forking():  # the loader's own threads park while we fork
+        # The loader's own threads park while we fork; starting threads forks nothing.
+        forks = self.kind is WorkerKind.PROCESS
+        with _fork_guard.forking() if forks else contextlib.nullcontext():
             while len(self._active) < count:
                 worker_id = len(self._active)
                 back = next((m for m in self._retiring if m.worker_id == worker_id), None)

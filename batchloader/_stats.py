@@ -121,7 +121,7 @@ def diagnose(
     """
     if wait_share < WAIT_THRESHOLD:
         return Diagnosis(Bottleneck.NONE)
-    if first_batch_share >= wait_share / 2:
+    if num_workers and first_batch_share >= wait_share / 2:
         return Diagnosis(Bottleneck.STARTUP)
     if starved_share < WAIT_THRESHOLD:
         # Never short of batches: the time in next() is handing them over, a fixed cost.
@@ -228,10 +228,14 @@ def _verdict(s: LoaderStats) -> str:
                 f"took {s.wait_p50_s * 1e3:.2f} ms ({waited} of the epoch)"
             )
         case Bottleneck.STARTUP:
+            fix = (
+                "they start once, and later epochs reuse them"
+                if s.settings.get("persistent_workers")
+                else "persistent_workers=True keeps them from one epoch to the next"
+            )
             return (
                 f"the training loop waited for data {waited} of the time, mostly for the first "
-                f"batch ({s.first_batch_s * 1e3:.0f} ms, workers starting): "
-                "persistent_workers=True keeps them from one epoch to the next"
+                f"batch ({s.first_batch_s * 1e3:.0f} ms, workers starting): {fix}"
             )
         case Bottleneck.MAIN_PROCESS:
             return (

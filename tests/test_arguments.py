@@ -79,6 +79,12 @@ def test_prefetch_factor_without_workers_is_rejected():
         DataLoader(DS, prefetch_factor=2)
 
 
+def test_prefetch_factor_auto_without_workers_is_rejected_in_the_users_words():
+    """prefetch_factor='auto' with num_workers=0: the error shows 'auto', as it was given."""
+    with pytest.raises(ValueError, match="prefetch_factor='auto' needs workers"):
+        DataLoader(DS, prefetch_factor="auto")
+
+
 def test_persistent_workers_without_workers_is_rejected():
     """persistent_workers needs num_workers > 0."""
     with pytest.raises(ValueError, match="persistent_workers option needs num_workers > 0"):

@@ -86,6 +86,23 @@ def test_thread_workers_park_while_another_loader_forks(forks):
     assert all(_ours(names) == [] for names in forks)
 
 
+def test_starting_thread_workers_parks_no_other_loaders_threads(monkeypatch):
+    """Thread workers start without a fork, so nobody else's threads are stopped for it."""
+    from batchloader import _fork_guard
+
+    parked = []
+    real = _fork_guard._parked
+    monkeypatch.setattr(_fork_guard, "_parked", lambda: parked.append(1) or real())
+    other = DataLoader(SlowDataset(12, 0.002), batch_size=2, num_workers=2, thread_pool=True)
+    with DataLoader(RangeDataset(8), batch_size=2, num_workers=2, thread_pool=True) as loader:
+        epoch = iter(other)
+        next(epoch)
+        for _ in range(2):
+            assert len(list(loader)) == 4
+        assert len(list(epoch)) == 5
+    assert parked == []
+
+
 _QUIET_SCRIPT = """
 import warnings
 from batchloader import DataLoader

@@ -123,6 +123,7 @@ def test_without_workers_the_main_process_is_named():
         ({"busy_share": 0.95, "cpu_share": 0.1}, Bottleneck.WORKERS_IO),
         ({"busy_share": 0.4, "cpu_share": 0.9}, Bottleneck.TRANSFER),
         ({"num_workers": 0}, Bottleneck.MAIN_PROCESS),
+        ({"num_workers": 0, "first_batch_share": 0.3}, Bottleneck.MAIN_PROCESS),
     ],
 )
 def test_diagnose_reads_the_numbers(numbers, expected):
@@ -181,3 +182,13 @@ def test_statistics_work_with_an_iterable_dataset():
     loader = DataLoader(Stream(), batch_size=3, num_workers=2)
     assert len(list(loader)) == 4
     assert (loader.stats.batches, loader.stats.samples) == (4, 12)
+
+
+def test_a_slow_start_with_persistent_workers_does_not_advise_them():
+    """Waiting mostly for the first batch of persistent workers: no advice to set what is set."""
+    with DataLoader(
+        RangeDataset(8), batch_size=4, num_workers=1, persistent_workers=True
+    ) as loader:
+        list(loader)
+        assert loader.stats.diagnosis.bottleneck is Bottleneck.STARTUP
+        assert "persistent_workers=True" not in loader.stats.verdict
