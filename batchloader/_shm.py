@@ -188,7 +188,10 @@ class Names:
         self.table[start : start + _NAME_BYTES] = name.encode().ljust(_NAME_BYTES, b"\0")
 
     def all(self) -> list[str]:
-        raw = bytes(self.table)
+        return self._names(0, len(self.table))
+
+    def _names(self, start: int, stop: int) -> list[str]:
+        raw = bytes(self.table[start:stop])
         records = (raw[i : i + _NAME_BYTES] for i in range(0, len(raw), _NAME_BYTES))
         return [r.rstrip(b"\0").decode() for r in records if r[0]]
 
@@ -203,11 +206,7 @@ class Names:
         """
         size = self.records_per_worker * _NAME_BYTES
         start = worker_id * size
-        raw = bytes(self.table[start : start + size])
-        names = [
-            raw[i : i + _NAME_BYTES].rstrip(b"\0").decode() for i in range(0, size, _NAME_BYTES)
-        ]
-        removed = sum(_unlink_quietly(name) for name in names if name)
+        removed = sum(_unlink_quietly(name) for name in self._names(start, start + size))
         self.table[start : start + size] = bytes(size)
         return removed
 

@@ -173,7 +173,8 @@ def _stack_uniform(batch: Sequence[np.ndarray]) -> torch.Tensor | None:
     first = batch[0]
     dtype, shape = first.dtype, first.shape
     nbytes = first.nbytes * len(batch)
-    if nbytes < _SMALL_BATCH_BYTES and dtype.isnative and dtype.kind in _TORCH_KINDS:
+    # Below shared memory's threshold the batch travels inline: one np.array() call is fastest.
+    if nbytes < _shm._SHM_MIN_BYTES and dtype.isnative and dtype.kind in _TORCH_KINDS:
         # One C-level copy, no per-sample check in Python. NumPy promotes mixed dtypes;
         # if the result kept the first sample's dtype, torch.stack would keep it too.
         try:
@@ -210,8 +211,6 @@ def _unchanged(batch: Sequence[Any]) -> Sequence[Any]:
 
 # From this size torch.stack's multi-threaded copy beats one NumPy copy (when torch has threads).
 _PARALLEL_COPY_BYTES = 1 << 20
-# Below this a batch is not put in shared memory: one np.array() call makes it fastest.
-_SMALL_BATCH_BYTES = 64 * 1024
 # The dtype kinds torch has (bool, signed, unsigned, float, complex).
 _TORCH_KINDS = frozenset("biufc")
 

@@ -111,6 +111,11 @@ class SharedList(_Shared, Sequence[Any]):
     __slots__ = ()
 
     def __init__(self, items: Iterable[Any] = ()) -> None:
+        if not isinstance(items, Iterable):
+            raise TypeError(
+                f"SharedList(items) takes an iterable, got items={items!r} "
+                f"of type {type(items).__name__}"
+            )
         self._buffer = SharedBuffer.create(items, name="SharedList")
         self._len = len(self._buffer)
 
@@ -188,7 +193,13 @@ class SharedDict(_Shared, Mapping[Any, Any]):
     __slots__ = ()
 
     def __init__(self, mapping: Mapping[Any, Any] | Iterable[tuple[Any, Any]] = ()) -> None:
-        source = mapping if isinstance(mapping, Mapping) else dict(mapping)
+        try:
+            source = mapping if isinstance(mapping, Mapping) else dict(mapping)
+        except (TypeError, ValueError) as e:
+            raise TypeError(
+                "SharedDict(mapping) takes a mapping or an iterable of (key, value) pairs, "
+                f"got mapping={reprlib.repr(mapping)} of type {type(mapping).__name__}: {e}"
+            ) from e
         hashes = np.fromiter(map(stable_hash, source), dtype=np.int64, count=len(source))
         order = np.argsort(hashes, kind="stable")
 

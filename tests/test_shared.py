@@ -608,3 +608,20 @@ def test_thresholds_must_be_positive_ints(bad):
         find_large_containers([], min_items=bad)
     with pytest.raises(ValueError, match="min_bytes must be a positive int"):
         share_dataset([], min_bytes=bad)
+
+
+def test_a_shared_list_of_a_non_iterable_names_the_argument():
+    """SharedList(5): a TypeError naming the argument, its value and its type."""
+    with pytest.raises(
+        TypeError, match=r"SharedList\(items\) takes an iterable, got items=5 of type int"
+    ):
+        SharedList(5)
+
+
+def test_a_shared_dict_of_something_not_a_mapping_names_the_argument():
+    """SharedDict([1, 2]): a TypeError naming the argument and what it needs."""
+    with pytest.raises(
+        TypeError,
+        match=r"SharedDict\(mapping\) takes a mapping or an iterable of \(key, value\) pairs, got mapping=\[1, 2\]",
+    ):
+        SharedDict([1, 2])

@@ -116,3 +116,20 @@ def test_abandoned_allocation_is_given_back(arena):
     _shm.empty(BIG, torch.float32)
     _shm.abandon()
     assert arena[0] == 0
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_an_exited_workers_segments_go_and_its_records_are_freed_for_the_next(method):
+    """unlink_worker removes one worker's recorded files and clears its records, no one else's."""
+    names = _shm.Names(multiprocessing.get_context(method), 2)
+    prefix = _shm.new_prefix()
+    made = {worker: f"{prefix}-w{worker}" for worker in (0, 1)}
+    for worker, name in made.items():
+        names.record(worker, 0, name)
+        open(f"/dev/shm/{name}", "wb").close()
+    try:
+        assert names.unlink_worker(1) == 1
+        assert shm_segments() & set(made.values()) == {made[0]}
+        assert names.all() == [made[0]]
+    finally:
+        names.unlink_all()
