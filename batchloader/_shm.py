@@ -37,7 +37,7 @@ import os
 import secrets
 import warnings
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -397,8 +397,12 @@ def _map(obj: Any, fn: Callable[[Any], Any]) -> Any:
     return map_batch(obj, fn, _is_leaf)
 
 
-def _kept(t: torch.Tensor) -> torch.Tensor:
-    """A tensor left for torch's own pickling (the result then needs ForkingPickler)."""
+def _kept(t: Any) -> Any:
+    """A tensor (or an object that may hold some) left for torch's own pickling.
+
+    The result then needs ``ForkingPickler``, which shares a tensor's storage
+    rather than copying its bytes into the pipe.
+    """
     global _kept_tensors
     _kept_tensors = True
     return t
@@ -448,11 +452,22 @@ def _give_back(arena: _Arena, name: str, slot: int | None) -> None:
         _unlink_quietly(name)
 
 
+# What packing walks into or sends as it is: any other object (a dataclass, a custom
+# batch class) may hold tensors that the walk does not reach.
+_PLAIN = (str, bytes, bytearray, int, float, complex, type(None), np.generic, Mapping, Sequence)
+
+
+def _pack_is_leaf(obj: Any) -> bool:
+    return isinstance(obj, _LEAVES) or not isinstance(obj, _PLAIN)
+
+
 def _pack_leaf(obj: Any) -> Any:
     if isinstance(obj, torch.Tensor):
         return _pack_tensor(obj)
-    if isinstance(obj, np.ndarray) and type(obj) is np.ndarray:
-        return _pack_array(obj)
+    if isinstance(obj, np.ndarray):
+        return _pack_array(obj) if type(obj) is np.ndarray else obj
+    if not isinstance(obj, _LEAVES):  # an object the walk leaves whole: torch's pickling
+        return _kept(obj)
     return obj
 
 
@@ -464,7 +479,7 @@ def pack(batch: Any) -> Any:
     global _kept_tensors
     _kept_tensors = False
     try:
-        return _map(batch, _pack_leaf)
+        return map_batch(batch, _pack_leaf, _pack_is_leaf)
     finally:
         abandon()
 

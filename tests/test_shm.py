@@ -133,3 +133,23 @@ def test_an_exited_workers_segments_go_and_its_records_are_freed_for_the_next(me
         assert names.all() == [made[0]]
     finally:
         names.unlink_all()
+
+
+class _Holder:
+    """A custom batch class: packing does not walk into it."""
+
+    def __init__(self, tensor):
+        self.tensor = tensor
+
+
+def test_a_batch_of_plain_containers_pickles_plainly(arena):
+    """Tensors in dicts and lists become handles: the result needs no torch pickling."""
+    _shm.pack({"x": [torch.ones(BIG)], "label": 3, "name": "a"})
+    assert not _shm.needs_torch_pickling()
+
+
+def test_an_object_the_walk_leaves_whole_goes_by_torchs_pickling(arena):
+    """A custom object may hold tensors the walk cannot reach: torch's pickler shares them."""
+    holder = _Holder(torch.ones(BIG))
+    assert _shm.pack([holder])[0] is holder
+    assert _shm.needs_torch_pickling()
