@@ -217,10 +217,13 @@ class WorkerPool:
         if not 1 <= count <= self.capacity:
             raise ValueError(f"a pool of capacity {self.capacity} cannot have {count} workers")
         self._target = count
-        if count > len(self._active):
-            self._grow(count)
-        else:
-            self._shrink(count)
+        # Auto resizes from the consuming thread while a pin-memory thread may be reading
+        # this pool: parked, it keeps out of the pool's members while they change.
+        with _fork_guard.forking():
+            if count > len(self._active):
+                self._grow(count)
+            else:
+                self._shrink(count)
 
     def set_prefetch(self, prefetch: int) -> None:
         """How many tasks each worker may hold from now on."""
@@ -233,7 +236,8 @@ class WorkerPool:
 
     def _grow(self, count: int) -> None:
         setup = dataclasses.replace(self.setup, num_workers=count)
-        # The loader's own threads park while we fork; starting threads forks nothing.
+        # The loader's own threads park while we fork; starting threads forks nothing
+        # (resize() has parked them already when it grows a running pool).
         forks = self.kind is WorkerKind.PROCESS
         with _fork_guard.forking() if forks else contextlib.nullcontext():
             while len(self._active) < count:
