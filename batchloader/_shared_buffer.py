@@ -15,10 +15,21 @@ read-only. It lives while any process maps it or holds its descriptor.
 Layout, every number a little-endian int64::
 
     header (8 words): magic, item count n, end of the data, number of arrays,
-                      the length of each array (up to 4)
-    data:             the pickled items, from byte 64
+                      the length of each array (up to 2), encoding, length of
+                      the keys
+    data:             the encoded items, from byte 64
+    keys:             with the record encoding, the records' keys (pickled)
     offsets:          n + 1 positions into the data (8-byte aligned)
     arrays:           extra int64 arrays (a SharedDict's hash index)
+
+Two encodings (one per buffer). *Pickles*: each item pickled. *Records*,
+for a list of dicts that all have the same ``str`` keys in the same order
+and only plain values (numbers, ``str``, ``bytes``, ``None`` and lists,
+tuples and dicts of them, as annotation files hold): the keys are stored
+once, each item is its values marshalled as a tuple, and a decoder
+generated for those keys rebuilds the dict. Unpickling a small dict spends
+half its time making its key strings again; the record encoding reads the
+annotations of the memory benchmark in 0.55 µs against 0.95 (docs/memory.md).
 
 Sharing: a forked child inherits the mapping. Pickled while a
 ``multiprocessing`` child is being started (``spawn``, ``forkserver``), a
@@ -36,6 +47,7 @@ import contextlib
 import fcntl
 import hashlib
 import itertools
+import marshal
 import mmap
 import numbers
 import os
@@ -50,9 +62,10 @@ import numpy as np
 
 __all__ = ["SharedBuffer", "stable_hash"]
 
-_MAGIC = int.from_bytes(b"BLSHBUF1", "little")
+_MAGIC = int.from_bytes(b"BLSHBUF2", "little")
 _HEADER = struct.Struct("<8q")
-_MAX_ARRAYS = 4
+_MAX_ARRAYS = 2
+_PICKLES, _RECORDS = 0, 1  # the encodings
 # Items pickled and written per step: large enough that the per-step cost
 # vanishes, small enough that one step's pickles stay a few MB.
 _CHUNK = 1 << 14
@@ -81,6 +94,7 @@ class SharedBuffer:
         "__weakref__",
         "_arrays",
         "_data",
+        "_decode",
         "_fd",
         "_finalizer",
         "_name",
@@ -99,12 +113,15 @@ class SharedBuffer:
         flags = mmap.MAP_SHARED | (mmap.MAP_POPULATE if populate else 0)
         mm = mmap.mmap(fd, size, flags=flags, prot=mmap.PROT_READ)
         whole = memoryview(mm)
-        magic, count, data_end, n_arrays, *sizes = _HEADER.unpack_from(whole)
+        magic, count, data_end, n_arrays, *sizes, encoding, keys_length = _HEADER.unpack_from(whole)
         if magic != _MAGIC:
             whole.release()
             mm.close()
             raise ValueError(f"[INTERNAL ERROR] fd {fd} does not hold a shared buffer")
-        position = _align8(data_end)
+        self._decode: Callable[[memoryview], Any] = pickle.loads
+        if encoding == _RECORDS:
+            self._decode = _record_decoder(pickle.loads(whole[data_end : data_end + keys_length]))
+        position = _align8(data_end + keys_length)
         offsets = whole[position : position + 8 * (count + 1)].cast("q")
         position += 8 * (count + 1)
         self._arrays: list[memoryview] = []
@@ -126,26 +143,38 @@ class SharedBuffer:
         name: str,
         arrays: Sequence[np.ndarray] = (),
         describe: Callable[[int], str] = _describe_item,
+        records: bool = False,
     ) -> SharedBuffer:
-        """Pickle every item of ``items`` once into a new buffer, with ``arrays`` (int64) after them.
+        """Encode every item of ``items`` once into a new buffer, with ``arrays`` (int64) after them.
 
         ``name`` labels the memory file (``/proc/<pid>/maps`` shows
         ``memfd:batchloader-<name>``) and the errors. ``describe(i)`` names
         item ``i`` in the error raised when it cannot be pickled.
+        ``records=True`` tries the record encoding first (``items`` must be
+        iterable twice: if an item does not fit, every item is pickled).
         """
         if len(arrays) > _MAX_ARRAYS:
             raise ValueError(f"[INTERNAL ERROR] at most {_MAX_ARRAYS} arrays, got {len(arrays)}")
         fd = os.memfd_create(f"batchloader-{name}", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
         try:
-            lengths = _write_items(fd, items, describe)
+            keys = _record_keys(items) if records else None
+            try:
+                lengths = _write_items(fd, items, describe, keys)
+            except _NotRecords:
+                os.ftruncate(fd, 0)
+                keys, lengths = None, _write_items(fd, items, describe, None)
             count = len(lengths)
             offsets = np.zeros(count + 1, dtype="<i8")
             np.cumsum(lengths, out=offsets[1:])
             data_end = _HEADER.size + int(offsets[-1])
+            keys_blob = b"" if keys is None else pickle.dumps(keys, _PROTOCOL)
             tail = [offsets, *(np.ascontiguousarray(a, dtype="<i8") for a in arrays)]
-            _write_all(fd, b"".join(a.tobytes() for a in tail), _align8(data_end))
+            _write_all(fd, keys_blob, data_end)
+            _write_all(fd, b"".join(a.tobytes() for a in tail), _align8(data_end + len(keys_blob)))
             sizes = [len(a) for a in arrays] + [0] * (_MAX_ARRAYS - len(arrays))
-            _write_all(fd, _HEADER.pack(_MAGIC, count, data_end, len(arrays), *sizes), 0)
+            encoding = _PICKLES if keys is None else _RECORDS
+            header = (_MAGIC, count, data_end, len(arrays), *sizes, encoding, len(keys_blob))
+            _write_all(fd, _HEADER.pack(*header), 0)
             fcntl.fcntl(fd, fcntl.F_ADD_SEALS, _SEALS)
             return cls(fd, name, populate=True)
         except BaseException:
@@ -163,15 +192,29 @@ class SharedBuffer:
             raise self._closed_error()
 
     def load(self, i: int) -> Any:
-        """Unpickle item ``i`` (``0 <= i < len(self)``: callers check the bounds)."""
+        """Decode item ``i`` (``0 <= i < len(self)``: callers check the bounds)."""
         data, offsets = self._data, self._offsets
         if data is None or offsets is None:
             raise self._closed_error()
-        return pickle.loads(data[offsets[i] : offsets[i + 1]])
+        return self._decode(data[offsets[i] : offsets[i + 1]])
+
+    def reader(self) -> tuple[memoryview, memoryview, Callable[[memoryview], Any]]:
+        """``(data, offsets, decode)``: item ``i`` is ``decode(data[offsets[i]:offsets[i + 1]])``.
+
+        For a container's own fast path; the views are released by :meth:`close`.
+        """
+        if self._data is None or self._offsets is None:
+            raise self._closed_error()
+        return self._data, self._offsets, self._decode
+
+    @property
+    def encoding(self) -> str:
+        """``"pickles"`` or ``"records"`` (see the module's docstring)."""
+        return "pickles" if self._decode is pickle.loads else "records"
 
     @property
     def data(self) -> memoryview:
-        """The pickled items end to end, viewed in place, read-only: item ``i`` is
+        """The encoded items end to end, viewed in place, read-only: item ``i`` is
         ``data[offsets[i]:offsets[i + 1]]``."""
         if self._data is None:
             raise self._closed_error()
@@ -235,17 +278,26 @@ class SharedBuffer:
         return _attach_by_path, (os.getpid(), self._fd, self._size, self.identity(), self._name)
 
 
-def _write_items(fd: int, items: Iterable[Any], describe: Callable[[int], str]) -> np.ndarray:
-    """Pickle and write ``items`` after the header, a chunk at a time; return their lengths."""
+def _write_items(
+    fd: int, items: Iterable[Any], describe: Callable[[int], str], keys: tuple[str, ...] | None
+) -> np.ndarray:
+    """Encode and write ``items`` after the header, a chunk at a time; return their lengths.
+
+    With ``keys``, as records with those keys; raises ``_NotRecords`` at the
+    first item that is not one.
+    """
     dumps, protocol = pickle.dumps, _PROTOCOL
     iterator = iter(items)
     lengths: list[np.ndarray] = []
     position, start = _HEADER.size, 0
     while chunk := list(itertools.islice(iterator, _CHUNK)):
-        try:
-            blobs = [dumps(item, protocol) for item in chunk]
-        except Exception as error:
-            raise _unpicklable(chunk, start, describe) from error
+        if keys is not None:
+            blobs = _encode_records(chunk, keys)
+        else:
+            try:
+                blobs = [dumps(item, protocol) for item in chunk]
+            except Exception as error:
+                raise _unpicklable(chunk, start, describe) from error
         sizes = np.fromiter(map(len, blobs), dtype=np.int64, count=len(blobs))
         lengths.append(sizes)
         position = _write_blobs(fd, blobs, sizes, position)
@@ -264,6 +316,97 @@ def _write_blobs(fd: int, blobs: list[bytes], sizes: np.ndarray, position: int) 
             _write_all(fd, b"".join(group)[written:], position + written)
         position += expected
     return position
+
+
+# ---------------------------------------------------------- the record encoding
+
+# Types whose marshalled form comes back as the same type and value; marshal
+# writes any other object with a buffer (a NumPy scalar, a bytearray) as bytes.
+_PLAIN = frozenset({int, float, str, bytes, bool, type(None), complex})
+_STR = frozenset({str})
+_MAX_DEPTH = 16  # deeper values (or a value that holds itself) are pickled
+_MAX_KEYS = 64
+
+
+class _NotRecords(Exception):
+    """An item does not fit the record encoding."""
+
+
+def _record_keys(items: Iterable[Any]) -> tuple[str, ...] | None:
+    """The first item's keys, if it could be a record; else ``None``."""
+    first = next(iter(items), None)
+    if type(first) is not dict or not 0 < len(first) <= _MAX_KEYS:
+        return None
+    keys = tuple(first)
+    return keys if all(type(key) is str for key in keys) else None
+
+
+def _plain(value: Any, depth: int = _MAX_DEPTH) -> bool:
+    """Whether marshal round-trips ``value`` exactly: plain types, nested at most ``depth`` deep."""
+    kind = type(value)
+    if kind in _PLAIN:
+        return True
+    if depth == 0:
+        return False
+    if kind is list or kind is tuple:
+        return _PLAIN.issuperset(map(type, value)) or all(_plain(v, depth - 1) for v in value)
+    if kind is dict:
+        return _plain(tuple(value), depth - 1) and _plain(tuple(value.values()), depth - 1)
+    return False
+
+
+def _encode_records(chunk: list[Any], keys: tuple[str, ...]) -> list[bytes]:
+    """Each item's values, marshalled as a tuple; ``_NotRecords`` at the first that does not fit.
+
+    The types of a record's values are checked once per combination seen;
+    only its lists, tuples and dicts are walked each time.
+    """
+    dumps, plain, shapes = marshal.dumps, _plain, _SHAPES.get
+    blobs = []
+    for item in chunk:
+        if type(item) is not dict or tuple(item) != keys:
+            raise _NotRecords
+        values = tuple(item.values())
+        nested = shapes(tuple(map(type, values)))
+        if nested is None:
+            nested = _shape(values)
+        for j in nested:
+            if not plain(values[j]):
+                raise _NotRecords
+        blobs.append(dumps(values))
+    return blobs
+
+
+_CONTAINERS = frozenset({list, tuple, dict})
+_SHAPES: dict[tuple[type, ...], tuple[int, ...]] = {}  # value types -> where the containers are
+
+
+def _shape(values: tuple[Any, ...]) -> tuple[int, ...]:
+    """Where ``values`` holds containers (remembered for these types), or ``_NotRecords``."""
+    types = tuple(map(type, values))
+    if not _PLAIN.union(_CONTAINERS).issuperset(types):
+        raise _NotRecords
+    nested = tuple(j for j, kind in enumerate(types) if kind in _CONTAINERS)
+    if len(_SHAPES) < 1024:
+        _SHAPES[types] = nested
+    return nested
+
+
+def _record_decoder(keys: tuple[str, ...]) -> Callable[[memoryview], dict[str, Any]]:
+    """A function that rebuilds a record from its marshalled values.
+
+    It is generated for ``keys`` so that the dict is built in one step with
+    keys whose hashes are already known, as a dict display in code is.
+    """
+    if not keys or any(type(key) is not str for key in keys):
+        raise ValueError(f"[INTERNAL ERROR] record keys must be str, got {keys!r}")
+    names = [f"v{j}" for j in range(len(keys))]
+    pairs = ", ".join(f"{key!r}: {name}" for key, name in zip(keys, names, strict=True))
+    source = f"def decode(blob):\n    {', '.join(names)}, = loads(blob)\n    return {{{pairs}}}\n"
+    namespace: dict[str, Any] = {"loads": marshal.loads}
+    exec(compile(source, "<batchloader record decoder>", "exec"), namespace)
+    decode: Callable[[memoryview], dict[str, Any]] = namespace["decode"]
+    return decode
 
 
 def _unpicklable(chunk: list[Any], start: int, describe: Callable[[int], str]) -> Exception:

@@ -4,7 +4,7 @@ Reading a Python object writes its reference count, so a forked worker that
 reads a ``list`` of a million dicts copies, page by page, every page that
 holds one (pytorch#13246); a ``spawn`` or ``forkserver`` worker unpickles a
 whole copy. :class:`SharedList` and :class:`SharedDict` keep their items
-pickled in one read-only memory mapping instead: reading an item unpickles a
+encoded in one read-only memory mapping instead: reading an item decodes a
 few hundred bytes and touches nothing of the parent's, and every worker,
 whatever its start method, maps the same pages. ``batchloader.share_dataset``
 puts them in place of a dataset's large containers, in a copy of the dataset
@@ -78,6 +78,8 @@ def _attach(cls: type[_Shared], buffer: SharedBuffer) -> Any:
     self = cls.__new__(cls)
     self._buffer = buffer
     self._len = len(buffer) // 2 if cls is SharedDict else len(buffer)
+    if isinstance(self, SharedList):
+        self._bind()
     return self
 
 
@@ -91,12 +93,18 @@ class SharedList(_Shared, Sequence[Any]):
     another ``SharedList``. It cannot be changed: item assignment raises
     ``TypeError``, and there is no ``append``.
 
-    Each read unpickles the item afresh (a few microseconds for a small
+    Each read decodes the item afresh (about a microsecond for a small
     dict): the object you get is new every time, equal to the one stored,
     and changing it changes nothing in the list. A slice returns a plain
     ``list`` of such fresh items. So a list holding a NaN is not equal to its
     ``SharedList``: NaN is unequal to itself, and the list compares its own
     objects by identity first.
+
+    Given a ``list``, ``tuple`` or NumPy array of dicts that all have the
+    same ``str`` keys in the same order and plain values (numbers, ``str``,
+    ``bytes``, ``None``, and lists, tuples and dicts of them), it stores the
+    keys once and each item's values (marshalled): reading such an item is
+    about twice as fast as unpickling it. Any other items are pickled.
 
     Pickling it (into a ``spawn`` or ``forkserver`` worker, through a queue)
     sends a handle to the same memory, never the items; a forked worker
@@ -108,7 +116,8 @@ class SharedList(_Shared, Sequence[Any]):
         annotations[-1]["id"]   # 1
     """
 
-    __slots__ = ()
+    # The buffer's views and decoder, held here too: the loader's read is one call shorter.
+    __slots__ = ("_data", "_decode", "_offsets")
 
     def __init__(self, items: Iterable[Any] = ()) -> None:
         if not isinstance(items, Iterable):
@@ -116,8 +125,26 @@ class SharedList(_Shared, Sequence[Any]):
                 f"SharedList(items) takes an iterable, got items={items!r} "
                 f"of type {type(items).__name__}"
             )
-        self._buffer = SharedBuffer.create(items, name="SharedList")
+        # A list of dicts with the same keys is stored as records (faster to read); trying
+        # needs a second pass over the items if one does not fit, so only for sequences.
+        records = isinstance(items, list | tuple | np.ndarray)
+        self._buffer = SharedBuffer.create(items, name="SharedList", records=records)
         self._len = len(self._buffer)
+        self._bind()
+
+    _data: memoryview | None
+    _offsets: memoryview | None
+
+    def _bind(self) -> None:
+        self._data, self._offsets, self._decode = self._buffer.reader()
+
+    def close(self) -> None:
+        """Unmap its memory and close its descriptor in this process (again: no effect).
+
+        Reading it afterwards raises ``ValueError``; ``len()`` still answers.
+        """
+        self._data = self._offsets = None
+        self._buffer.close()
 
     @overload
     def __getitem__(self, index: int) -> Any: ...
@@ -126,8 +153,13 @@ class SharedList(_Shared, Sequence[Any]):
     def __getitem__(self, index: slice) -> list[Any]: ...
 
     def __getitem__(self, index: int | slice) -> Any:
-        if type(index) is int and 0 <= index < self._len:
-            return self._buffer.load(index)  # the loader's case, first and short
+        if type(index) is int and 0 <= index < self._len:  # the loader's case, first and short
+            offsets = self._offsets
+            try:
+                return self._decode(self._data[offsets[index] : offsets[index + 1]])  # type: ignore[index]
+            except TypeError:
+                self._buffer.check_open()  # closed: None is not subscriptable
+                raise
         if isinstance(index, slice):
             self._buffer.check_open()
             load = self._buffer.load

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 from hypothesis import strategies as st
 
 __all__ = [
@@ -25,6 +26,7 @@ __all__ = [
     "random_sampler_configs",
     "seeds",
     "shared_keys",
+    "shared_records",
     "shared_values",
     "weighted_configs",
 ]
@@ -150,6 +152,21 @@ def shared_values() -> st.SearchStrategy[Any]:
         ),
         max_leaves=12,
     )
+
+
+@st.composite
+def shared_records(draw: st.DrawFn) -> list[dict[str, Any]]:
+    """Lists of dicts with the same ``str`` keys, as annotation files hold: mostly plain values
+    (stored as records), sometimes one that is not (a NumPy scalar, a ``bytearray``, a ``set``),
+    sometimes an item with other keys."""
+    keys = draw(st.lists(st.text(max_size=6), min_size=1, max_size=5, unique=True))
+    odd = st.sampled_from([np.float64(0.5), np.int64(3), bytearray(b"ab"), {1, 2}, ("t", [b"x"])])
+    value = st.one_of(shared_values(), odd) if draw(st.booleans()) else shared_values()
+    record = st.fixed_dictionaries(dict.fromkeys(keys, value))
+    records = draw(st.lists(record, min_size=1, max_size=8))
+    if draw(st.integers(0, 9)) == 0:
+        records.insert(draw(st.integers(0, len(records))), {"other": 1})
+    return records
 
 
 def shared_keys() -> st.SearchStrategy[Any]:

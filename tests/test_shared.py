@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import gc
 import itertools
+import marshal
 import multiprocessing
 import os
 import pickle
@@ -115,12 +116,79 @@ def test_membership_index_and_count_match_the_list(items, value):
 
 def test_the_buffer_is_pickles_at_offsets():
     """Item i is the pickle between offsets i and i + 1 of one read-only byte buffer."""
-    with SharedList(RECORDS) as shared:
+    items = [(record["id"], record["name"]) for record in RECORDS]
+    with SharedList(items) as shared:
+        assert shared._buffer.encoding == "pickles"
         data, offsets = shared._buffer.data, shared._buffer.offsets
         assert data.readonly and not offsets.flags.writeable
-        assert offsets[0] == 0 and offsets[-1] == len(data) and len(offsets) == len(RECORDS) + 1
-        assert [pickle.loads(data[a:b]) for a, b in itertools.pairwise(offsets)] == RECORDS
+        assert offsets[0] == 0 and offsets[-1] == len(data) and len(offsets) == len(items) + 1
+        assert [pickle.loads(data[a:b]) for a, b in itertools.pairwise(offsets)] == items
         del data, offsets
+
+
+def test_dicts_with_the_same_keys_are_stored_as_records():
+    """A list of same-key dicts of plain values keeps each item's values once, marshalled."""
+    with SharedList(RECORDS) as shared:
+        assert shared._buffer.encoding == "records"
+        data, offsets = shared._buffer.data, shared._buffer.offsets
+        values = [marshal.loads(data[a:b]) for a, b in itertools.pairwise(offsets)]
+        assert values == [tuple(record.values()) for record in RECORDS]
+        assert shared == RECORDS and list(shared[0]) == ["id", "name", "box"]
+        del data, offsets
+
+
+def exactly(item: Any) -> bytes:
+    """An item's pickle: equal for two items only if types, values (-0.0, bit for bit) and
+    the sharing of objects inside them are equal."""
+    return pickle.dumps(item, pickle.HIGHEST_PROTOCOL)
+
+
+@given(sst.shared_records())
+def test_records_come_back_exactly(records):
+    """Whatever the encoding, each item comes back with the same types, values and sharing."""
+    with SharedList(records) as shared:
+        assert [exactly(item) for item in shared] == [exactly(item) for item in records]
+        assert [exactly(shared[i]) for i in range(len(records))] == list(map(exactly, records))
+
+
+LOOP: dict[str, Any] = {"id": 1}
+LOOP["self"] = [LOOP]
+
+
+@pytest.mark.parametrize(
+    "odd",
+    [
+        pytest.param({"name": "x", "box": [], "id": 9}, id="keys-in-another-order"),
+        pytest.param({"id": 9, "name": "x"}, id="fewer-keys"),
+        pytest.param({"id": np.int64(9), "name": "x", "box": []}, id="numpy-scalar"),
+        pytest.param({"id": 9, "name": bytearray(b"x"), "box": []}, id="bytearray"),
+        pytest.param({"id": 9, "name": "x", "box": [np.float32(1)]}, id="numpy-scalar-inside"),
+        pytest.param(collections.OrderedDict(id=9, name="x", box=[]), id="dict-subclass"),
+        pytest.param({"id": 9, "name": "x", "box": LOOP}, id="holds-a-cycle"),
+    ],
+)
+def test_an_item_that_is_not_a_plain_record_makes_every_item_pickled(odd):
+    """One item that marshal would not give back exactly (anywhere in the list) stores them all
+    as pickles, and every item still comes back exactly."""
+    items = [*RECORDS[:3], odd, *RECORDS[3:]]
+    with SharedList(items) as shared:
+        assert shared._buffer.encoding == "pickles"
+        assert [exactly(item) for item in shared] == [exactly(item) for item in items]
+
+
+def test_a_record_keeps_objects_it_shares_shared():
+    """Two values that are one list come back as one list, as pickle would give them."""
+    box = [1.5, 2.0]
+    with SharedList([{"a": box, "b": box}] * 2) as shared:
+        assert shared._buffer.encoding == "records"
+        item = shared[1]
+        assert item["a"] is item["b"] and item == {"a": box, "b": box}
+
+
+def test_items_from_an_iterator_are_pickled():
+    """An iterator cannot be read twice (needed if an item turns out not to be a record)."""
+    with SharedList(iter(RECORDS)) as shared:
+        assert shared._buffer.encoding == "pickles" and shared == RECORDS
 
 
 def test_tuple_items_come_back_as_tuples():
