@@ -189,13 +189,13 @@ class SharedBuffer:
     def check_open(self) -> None:
         """Raise the closed container's ``ValueError`` if :meth:`close` has run."""
         if self._data is None:
-            raise self._closed_error()
+            raise self.closed_error()
 
     def load(self, i: int) -> Any:
         """Decode item ``i`` (``0 <= i < len(self)``: callers check the bounds)."""
         data, offsets = self._data, self._offsets
         if data is None or offsets is None:
-            raise self._closed_error()
+            raise self.closed_error()
         return self._decode(data[offsets[i] : offsets[i + 1]])
 
     def reader(self) -> tuple[memoryview, memoryview, Callable[[memoryview], Any]]:
@@ -204,7 +204,7 @@ class SharedBuffer:
         For a container's own fast path; the views are released by :meth:`close`.
         """
         if self._data is None or self._offsets is None:
-            raise self._closed_error()
+            raise self.closed_error()
         return self._data, self._offsets, self._decode
 
     @property
@@ -217,21 +217,21 @@ class SharedBuffer:
         """The encoded items end to end, viewed in place, read-only: item ``i`` is
         ``data[offsets[i]:offsets[i + 1]]``."""
         if self._data is None:
-            raise self._closed_error()
+            raise self.closed_error()
         return self._data
 
     @property
     def arrays(self) -> list[memoryview]:
         """The extra int64 arrays, viewed in place (format ``q``), read-only."""
         if self._data is None:
-            raise self._closed_error()
+            raise self.closed_error()
         return self._arrays
 
     @property
     def offsets(self) -> np.ndarray:
         """The ``n + 1`` offsets of the items into the data, viewed in place, read-only."""
         if self._offsets is None:
-            raise self._closed_error()
+            raise self.closed_error()
         return np.frombuffer(self._offsets, dtype="<i8")
 
     @property
@@ -247,7 +247,7 @@ class SharedBuffer:
     def identity(self) -> tuple[int, int]:
         """``(st_dev, st_ino)`` of the memory file: equal in every process that maps it."""
         if self._data is None:
-            raise self._closed_error()
+            raise self.closed_error()
         stat = os.fstat(self._fd)
         return stat.st_dev, stat.st_ino
 
@@ -261,7 +261,8 @@ class SharedBuffer:
         self._data = self._offsets = None
         self._finalizer()
 
-    def _closed_error(self) -> ValueError:
+    def closed_error(self) -> ValueError:
+        """The error a read of a closed buffer (or of its container) raises."""
         return ValueError(
             f"this {self._name} is closed: close() (or garbage collection) unmapped its memory "
             "in this process; keep it open (and referenced) while you read from it"
@@ -271,7 +272,7 @@ class SharedBuffer:
 
     def __reduce__(self) -> tuple[Callable[..., SharedBuffer], tuple[Any, ...]]:
         if self._data is None:
-            raise self._closed_error()
+            raise self.closed_error()
         if context.get_spawning_popen() is not None:
             # A spawn or forkserver child is being started: it receives the descriptor itself.
             return _attach_inherited, (reduction.DupFd(self._fd), self._name)
@@ -324,7 +325,7 @@ def _write_blobs(fd: int, blobs: list[bytes], sizes: np.ndarray, position: int) 
 # writes any other object with a buffer (a NumPy scalar, a bytearray) as bytes.
 _PLAIN = frozenset({int, float, str, bytes, bool, type(None), complex})
 _STR = frozenset({str})
-_MAX_DEPTH = 16  # deeper values (or a value that holds itself) are pickled
+_MAX_DEPTH = 16  # deeper values are pickled
 _MAX_KEYS = 64
 
 
@@ -341,25 +342,45 @@ def _record_keys(items: Iterable[Any]) -> tuple[str, ...] | None:
     return keys if all(type(key) is str for key in keys) else None
 
 
-def _plain(value: Any, depth: int = _MAX_DEPTH) -> bool:
-    """Whether marshal round-trips ``value`` exactly: plain types, nested at most ``depth`` deep."""
+def _plain(value: Any, record: dict[str, Any]) -> bool:
+    """Whether marshal gives ``value`` (one of ``record``'s values) back exactly.
+
+    True for plain types, and for lists, tuples and dicts of them nested at
+    most ``_MAX_DEPTH`` deep that do not hold themselves or ``record``: a
+    value that holds its own record would come back holding a copy of it.
+    """
+    if (type(value) is list or type(value) is tuple) and _PLAIN.issuperset(map(type, value)):
+        return True  # the common case (a box, a polygon), at C speed
+    return _walk(value, {id(record)}, set(), _MAX_DEPTH)
+
+
+def _walk(value: Any, open_: set[int], done: set[int], depth: int) -> bool:
+    """``_plain``'s walk: ``open_`` holds the containers being walked, ``done`` those found plain
+    (so an object met twice is walked once)."""
     kind = type(value)
     if kind in _PLAIN:
         return True
-    if depth == 0:
+    if kind not in _CONTAINERS or depth == 0:
         return False
-    if kind is list or kind is tuple:
-        return _PLAIN.issuperset(map(type, value)) or all(_plain(v, depth - 1) for v in value)
-    if kind is dict:
-        return _plain(tuple(value), depth - 1) and _plain(tuple(value.values()), depth - 1)
-    return False
+    key = id(value)
+    if key in done:
+        return True
+    if key in open_:
+        return False  # it holds itself
+    open_.add(key)
+    children = itertools.chain(value, value.values()) if kind is dict else value
+    if not all(_walk(child, open_, done, depth - 1) for child in children):
+        return False
+    open_.discard(key)
+    done.add(key)
+    return True
 
 
 def _encode_records(chunk: list[Any], keys: tuple[str, ...]) -> list[bytes]:
-    """Each item's values, marshalled as a tuple; ``_NotRecords`` at the first that does not fit.
+    """Each item's values, marshalled as a tuple; ``_NotRecords`` if any item does not fit.
 
     The types of a record's values are checked once per combination seen;
-    only its lists, tuples and dicts are walked each time.
+    only its lists, tuples and dicts are looked into each time.
     """
     dumps, plain, shapes = marshal.dumps, _plain, _SHAPES.get
     blobs = []
@@ -371,9 +392,15 @@ def _encode_records(chunk: list[Any], keys: tuple[str, ...]) -> list[bytes]:
         if nested is None:
             nested = _shape(values)
         for j in nested:
-            if not plain(values[j]):
+            if not plain(values[j], item):
                 raise _NotRecords
-        blobs.append(dumps(values))
+        try:
+            blobs.append(dumps(values))
+        except ValueError:  # too large for marshal (a str or bytes of 2 GiB or more)
+            raise _NotRecords from None
+    # Equal keys are not enough: a key of another type that equals a str would come back str.
+    if not _STR.issuperset(map(type, itertools.chain.from_iterable(chunk))):
+        raise _NotRecords
     return blobs
 
 

@@ -157,8 +157,9 @@ class SharedList(_Shared, Sequence[Any]):
             offsets = self._offsets
             try:
                 return self._decode(self._data[offsets[index] : offsets[index + 1]])  # type: ignore[index]
-            except TypeError:
-                self._buffer.check_open()  # closed: None is not subscriptable
+            except (TypeError, ValueError):  # None, or a released view, once closed
+                if self._buffer.closed:
+                    raise self._buffer.closed_error() from None
                 raise
         if isinstance(index, slice):
             self._buffer.check_open()

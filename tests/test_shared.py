@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import copy
 import gc
 import itertools
 import marshal
@@ -183,6 +184,53 @@ def test_a_record_keeps_objects_it_shares_shared():
         assert shared._buffer.encoding == "records"
         item = shared[1]
         assert item["a"] is item["b"] and item == {"a": box, "b": box}
+
+
+def nested(levels: int) -> list[Any]:
+    """A list whose every level holds the level below three times: 3**levels paths, levels+1 lists."""
+    value: list[Any] = []
+    for _ in range(levels):
+        value = [value, value, value]
+    return value
+
+
+def test_a_value_sharing_its_parts_is_checked_once_per_object():
+    """Checking a record walks each object once, not each path to it (3**14 paths here)."""
+    items = [{"id": 1, "parts": nested(14)}, {"id": 2, "parts": nested(3)}]
+    with SharedList(items) as shared:
+        assert shared._buffer.encoding == "records"
+        assert [exactly(item) for item in shared] == [exactly(item) for item in items]
+
+
+def test_a_value_nested_deeper_than_records_allow_is_pickled():
+    """Past 16 levels a value is pickled (marshal's depth, and the check's, stay bounded)."""
+    items = [{"id": 1, "parts": nested(40)}]
+    with SharedList(items) as shared:
+        assert shared._buffer.encoding == "pickles"
+        assert exactly(shared[0]) == exactly(items[0])
+
+
+def test_a_later_key_that_only_equals_a_str_keeps_its_type():
+    """A key of another type that equals the first item's str key is pickled, not made a str."""
+    items = [{"a": 1}, {collections.UserString("a"): 2}]
+    with SharedList(items) as shared:
+        assert shared._buffer.encoding == "pickles"
+        assert type(next(iter(shared[1]))) is collections.UserString
+
+
+def test_a_value_marshal_refuses_makes_every_item_pickled(monkeypatch):
+    """marshal refuses a str or bytes of 2 GiB or more: such a record is pickled instead."""
+    real = marshal.dumps
+
+    def refuse_huge(values: Any, *args: Any) -> bytes:
+        if "huge" in values:
+            raise ValueError("unmarshallable object")
+        return real(values, *args)
+
+    monkeypatch.setattr(marshal, "dumps", refuse_huge)
+    items = [{"id": 1, "name": "x"}, {"id": 2, "name": "huge"}]
+    with SharedList(items) as shared:
+        assert shared._buffer.encoding == "pickles" and shared == items
 
 
 def test_items_from_an_iterator_are_pickled():
@@ -491,6 +539,23 @@ def test_close_then_reading_raises():
     for read in (lambda: shared[0], lambda: shared[:2], lambda: list(shared), lambda: 1 in shared):
         with pytest.raises(ValueError, match="this SharedList is closed"):
             read()
+
+
+def test_a_closed_read_names_the_closing_alone():
+    """The closed error of a read is not chained to the internal error that detected it."""
+    shared = SharedList(RECORDS)
+    shared.close()
+    with pytest.raises(ValueError, match="this SharedList is closed") as caught:
+        shared[0]
+    assert caught.value.__cause__ is None and caught.value.__suppress_context__
+
+
+def test_a_copy_closed_closes_the_original_with_the_same_error():
+    """copy.copy shares the memory: closing the copy makes the original's reads say closed."""
+    shared = SharedList(RECORDS)
+    copy.copy(shared).close()
+    with pytest.raises(ValueError, match="this SharedList is closed"):
+        shared[0]
 
 
 def test_dict_close_then_lookup_raises():
