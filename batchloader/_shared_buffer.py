@@ -1,10 +1,11 @@
-"""Pickled items in one read-only anonymous memory file, mapped by every process that reads them.
+"""Encoded items in one read-only anonymous memory file, mapped by every process that reads them.
 
-A :class:`SharedBuffer` holds ``n`` items, each pickled once (protocol 5) and
-laid end to end, plus an int64 offset index: item ``i`` is the bytes between
-``offsets[i]`` and ``offsets[i + 1]``. Reading it unpickles those bytes from
-the mapping, so no Python object of the process that built it is touched:
-a forked worker reads without writing a single refcount of its parent's.
+A :class:`SharedBuffer` holds ``n`` items, each encoded once (pickled, or as
+a record: below) and laid end to end, plus an int64 offset index: item ``i``
+is the bytes between ``offsets[i]`` and ``offsets[i + 1]``. Reading it
+decodes those bytes from the mapping, so no Python object of the process
+that built it is touched: a forked worker reads without writing a single
+refcount of its parent's.
 
 The memory is an anonymous file (``os.memfd_create``): it has no name in
 ``/dev/shm``, so nothing is ever left behind (not even after ``SIGKILL``),
@@ -83,7 +84,7 @@ def _describe_item(index: int) -> str:
 
 
 class SharedBuffer:
-    """``n`` pickled items and their offsets, in one sealed, read-only memory file.
+    """``n`` encoded items and their offsets, in one sealed, read-only memory file.
 
     Build one with :meth:`create`; read item ``i`` with :meth:`load`. Each
     process holds its own mapping and descriptor, which its ``close()`` or
