@@ -334,11 +334,12 @@ def _take(array: Array, view: np.ndarray | None, idx: np.ndarray, out: Any) -> A
     if isinstance(array, np.ndarray):
         # Indices are already checked and wrapped, so "clip" changes nothing and,
         # unlike the default "raise", writes into `out` without a buffer copy.
-        return np.take(array, idx, axis=0, out=out, mode="clip")
+        # The method, not np.take: the same call without NumPy's Python wrapper (0.5 µs).
+        return array.take(idx, 0, out, "clip")
     if view is not None:
         if out is None:
-            return torch.from_numpy(np.take(view, idx, axis=0, mode="clip"))
-        np.take(view, idx, axis=0, out=out.numpy(), mode="clip")
+            return torch.from_numpy(view.take(idx, 0, None, "clip"))
+        view.take(idx, 0, out.numpy(), "clip")
         return out
     index = torch.from_numpy(idx).to(device=array.device, dtype=torch.int64)
     return torch.index_select(array, 0, index, out=out)
