@@ -134,8 +134,8 @@ def test_goals_pass_on_figures_within_the_limits():
         ({"growth_mb": 25}, ["(a) fork w2 ours+share: worker USS growth"]),
         ({"cost_mb": 180 + 2 * 60 + 1}, ["(a) fork w2 ours+share: total PSS cost"]),
         ({"uss_end_mb": 40 + 81}, ["(b) forkserver w2"]),
-        ({"rate": 89_000}, ["(c) fork w2", "(c) forkserver w2"]),
-        ({"cpu_us": 11.2}, ["(c, CPU) fork w2", "(c, CPU) forkserver w2"]),
+        ({"rate": 85_000}, ["(c) fork w2", "(c) forkserver w2"]),
+        ({"cpu_us": 12.0}, ["(c, CPU) fork w2", "(c, CPU) forkserver w2"]),
         ({"conversion_s": 2.5}, ["(d) conversion"]),
     ],
 )
@@ -144,6 +144,25 @@ def test_each_goal_fails_just_past_its_limit(figures, failing):
     failed = [t.name for t in memory_report.goals(_result(**figures)) if t.status == "FAIL"]
     assert len(failed) == len(failing)
     assert all(name.startswith(prefix) for name, prefix in zip(failed, failing, strict=True))
+
+
+def test_a_ratio_just_short_of_its_limit_is_within_noise_not_failed():
+    """0.89 against 0.9 on one round misses by less than the 2% noise floor: within noise."""
+    statuses = _statuses(_result(rate=89_000, cpu_us=11.2))
+    assert statuses["(c) fork w2"] == statuses["(c, CPU) fork w2"] == "within noise"
+
+
+def test_a_ratio_is_judged_on_each_rounds_ratio_and_their_spread():
+    """Two rounds whose ratios are 0.80 and 0.98: median 0.89, noise wide: within noise."""
+    options = MemoryOptions(workers=(2,), contexts=("fork",), repeats=2)
+    rates = iter([80_000, 98_000])
+    runs = []
+    for cell in memory.plan(options) * 2:
+        shared = cell.loader == "shared" and cell.annotations == options.annotations
+        runs.append(_run(cell, rate=next(rates)) if shared else _run(cell))
+    (target,) = [t for t in memory_report.goals(MemoryResult(options, runs, [1.0])) if t.name.startswith("(c) fork")]  # fmt: skip
+    assert target.rounds == pytest.approx((0.8, 0.98)) and target.value == pytest.approx(0.89)
+    assert target.status == "within noise" and target.noise_label.startswith("±")
 
 
 def test_report_shows_epochs_cells_goals_and_load_and_round_trips_json():
@@ -189,4 +208,4 @@ def test_smoke_run_end_to_end_writes_json_with_sane_values(tmp_path):
         assert abs(epoch["worker_uss_growth_max"]) < 200 * MB
         assert 0 < run["dataset_bytes"] < run["main_pss_before"]
         assert 0 < epoch["total_pss_cost"] < 1 << 30
-    assert {g["status"] for g in document["goals"]} <= {"pass", "FAIL"}
+    assert {g["status"] for g in document["goals"]} <= {"pass", "within noise", "FAIL"}

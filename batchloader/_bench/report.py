@@ -138,13 +138,8 @@ def _noise_line(result: BenchResult) -> str:
 
 
 def _target_rows(result: BenchResult) -> list[list[str]]:
-    def noise(t: Target) -> str:
-        if t.noise is None or t.value is None:
-            return "-"
-        return f"±{100 * t.noise / abs(t.value):.0f}%" if t.value else f"±{t.noise:.3g}"
-
     return [
-        [t.name, _num(t.value, digits=3), noise(t), ("≥ " if t.at_least else "≤ ") + f"{t.limit:g}",
+        [t.name, _num(t.value, digits=3), t.noise_label, ("≥ " if t.at_least else "≤ ") + f"{t.limit:g}",
          str(len(t.rounds) or "-"), t.status]
         for t in targets(result)
     ]  # fmt: skip

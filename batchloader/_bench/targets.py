@@ -204,6 +204,13 @@ class Target:
         return noise(self.rounds, self.load) if self.rounds else None
 
     @property
+    def noise_label(self) -> str:
+        """The noise as a report prints it: ``±4%`` of the value, or ``-`` without rounds."""
+        if self.noise is None or self.value is None:
+            return "-"
+        return f"±{100 * self.noise / abs(self.value):.0f}%" if self.value else f"±{self.noise:.3g}"
+
+    @property
     def wants_more(self) -> bool:
         return needs_more_rounds(self.rounds, self.limit, at_least=self.at_least, load=self.load)
 
