@@ -29,8 +29,9 @@ and only plain values (numbers, ``str``, ``bytes``, ``None`` and lists,
 tuples and dicts of them, as annotation files hold): the keys are stored
 once, each item is its values marshalled as a tuple, and a decoder
 generated for those keys rebuilds the dict. Unpickling a small dict spends
-half its time making its key strings again; the record encoding reads the
-annotations of the memory benchmark in 0.55 µs against 0.95 (docs/memory.md).
+half its time making its key strings again; the record encoding reads one
+of the memory benchmark's annotations in 0.8-1.0 µs against 1.3 pickled
+(docs/memory.md).
 
 Sharing: a forked child inherits the mapping. Pickled while a
 ``multiprocessing`` child is being started (``spawn``, ``forkserver``), a
@@ -406,13 +407,14 @@ def _encode_records(chunk: list[Any], keys: tuple[str, ...]) -> list[bytes]:
 
 
 _CONTAINERS = frozenset({list, tuple, dict})
+_RECORD_VALUES = _PLAIN | _CONTAINERS
 _SHAPES: dict[tuple[type, ...], tuple[int, ...]] = {}  # value types -> where the containers are
 
 
 def _shape(values: tuple[Any, ...]) -> tuple[int, ...]:
     """Where ``values`` holds containers (remembered for these types), or ``_NotRecords``."""
     types = tuple(map(type, values))
-    if not _PLAIN.union(_CONTAINERS).issuperset(types):
+    if not _RECORD_VALUES.issuperset(types):
         raise _NotRecords
     nested = tuple(j for j, kind in enumerate(types) if kind in _CONTAINERS)
     if len(_SHAPES) < 1024:

@@ -118,6 +118,8 @@ class SharedList(_Shared, Sequence[Any]):
 
     # The buffer's views and decoder, held here too: the loader's read is one call shorter.
     __slots__ = ("_data", "_decode", "_offsets")
+    _data: memoryview | None
+    _offsets: memoryview | None
 
     def __init__(self, items: Iterable[Any] = ()) -> None:
         if not isinstance(items, Iterable):
@@ -132,19 +134,12 @@ class SharedList(_Shared, Sequence[Any]):
         self._len = len(self._buffer)
         self._bind()
 
-    _data: memoryview | None
-    _offsets: memoryview | None
-
     def _bind(self) -> None:
         self._data, self._offsets, self._decode = self._buffer.reader()
 
     def close(self) -> None:
-        """Unmap its memory and close its descriptor in this process (again: no effect).
-
-        Reading it afterwards raises ``ValueError``; ``len()`` still answers.
-        """
-        self._data = self._offsets = None
-        self._buffer.close()
+        self._data = self._offsets = None  # before the views they held are released
+        super().close()
 
     @overload
     def __getitem__(self, index: int) -> Any: ...
