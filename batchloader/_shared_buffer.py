@@ -327,6 +327,8 @@ def _write_blobs(fd: int, blobs: list[bytes], sizes: np.ndarray, position: int) 
 # writes any other object with a buffer (a NumPy scalar, a bytearray) as bytes.
 _PLAIN = frozenset({int, float, str, bytes, bool, type(None), complex})
 _STR = frozenset({str})
+_DICT = frozenset({dict})
+_PART = 1024  # items checked together (see _encode_records)
 _MAX_DEPTH = 16  # deeper values are pickled
 _MAX_KEYS = 64
 
@@ -381,32 +383,73 @@ def _walk(value: Any, open_: set[int], done: set[int], depth: int) -> bool:
 def _encode_records(chunk: list[Any], keys: tuple[str, ...]) -> list[bytes]:
     """Each item's values, marshalled as a tuple; ``_NotRecords`` if any item does not fit.
 
-    The types of a record's values are checked once per combination seen;
-    only its lists, tuples and dicts are looked into each time.
+    Items are checked ``_PART`` at a time, one pass per check at C speed:
+    their types and keys, the types of each key's values, and the items of
+    the values that are lists or tuples (:func:`_flat_and_plain`). A part
+    whose values hold dicts or deeper containers, or a key with lists mixed
+    with plain values, is checked an item at a time
+    (:func:`_check_each`). Small parts stay in the cache between passes; a
+    chunk-wide pass was slower than the per-item loop. Encoding a million
+    COCO-like annotations took 1.37-1.53 s this way, against 1.58-1.87 s
+    item by item (3 alternating runs each).
     """
-    dumps, plain, shapes = marshal.dumps, _plain, _SHAPES.get
-    blobs = []
-    for item in chunk:
-        if type(item) is not dict or tuple(item) != keys:
+    blobs: list[bytes] = []
+    for start in range(0, len(chunk), _PART):
+        part = chunk[start : start + _PART]
+        if not _DICT.issuperset(map(type, part)):
             raise _NotRecords
-        values = tuple(item.values())
-        nested = shapes(tuple(map(type, values)))
-        if nested is None:
-            nested = _shape(values)
-        for j in nested:
-            if not plain(values[j], item):
-                raise _NotRecords
+        item_keys = list(map(tuple, part))
+        # Equal keys are not enough: a key of another type that equals a str would come back str.
+        if not all(map(keys.__eq__, item_keys)) or not _STR.issuperset(
+            map(type, itertools.chain.from_iterable(item_keys))
+        ):
+            raise _NotRecords
+        values = list(map(tuple, map(dict.values, part)))
+        if not _flat_and_plain(values):
+            _check_each(part, values)
         try:
-            blobs.append(dumps(values))
+            blobs += map(marshal.dumps, values)
         except ValueError:  # too large for marshal (a str or bytes of 2 GiB or more)
             raise _NotRecords from None
-    # Equal keys are not enough: a key of another type that equals a str would come back str.
-    if not _STR.issuperset(map(type, itertools.chain.from_iterable(chunk))):
-        raise _NotRecords
     return blobs
 
 
+def _flat_and_plain(values: list[tuple[Any, ...]]) -> bool:
+    """Whether each value is plain, or a list or tuple of plain values: no deeper look needed.
+
+    Checked a column (one key's values) at a time. Raises ``_NotRecords`` for
+    a value of a type no record holds.
+    """
+    for column in zip(*values, strict=True):
+        kinds = set(map(type, column))
+        if _PLAIN.issuperset(kinds):
+            continue
+        if not _RECORD_VALUES.issuperset(kinds):
+            raise _NotRecords
+        if not _SEQUENCES.issuperset(kinds):
+            return False  # a dict, or sequences mixed with plain values: item by item
+        if not _PLAIN.issuperset(map(type, itertools.chain.from_iterable(column))):
+            return False
+    return True
+
+
+def _check_each(part: list[dict[str, Any]], values: list[tuple[Any, ...]]) -> None:
+    """Checks each item's nested values (``_plain``); ``_NotRecords`` at the first that fails.
+
+    The types of an item's values are looked up once per combination seen.
+    """
+    plain, shapes = _plain, _SHAPES.get
+    for item, row in zip(part, values, strict=True):
+        nested = shapes(tuple(map(type, row)))
+        if nested is None:
+            nested = _shape(row)
+        for j in nested:
+            if not plain(row[j], item):
+                raise _NotRecords
+
+
 _CONTAINERS = frozenset({list, tuple, dict})
+_SEQUENCES = frozenset({list, tuple})
 _RECORD_VALUES = _PLAIN | _CONTAINERS
 _SHAPES: dict[tuple[type, ...], tuple[int, ...]] = {}  # value types -> where the containers are
 

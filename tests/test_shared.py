@@ -177,6 +177,27 @@ def test_an_item_that_is_not_a_plain_record_makes_every_item_pickled(odd):
         assert [exactly(item) for item in shared] == [exactly(item) for item in items]
 
 
+def test_records_whose_value_types_differ_from_row_to_row_are_still_records():
+    """Rows checked an item at a time (a None here, an int there; nested lists) read back exactly."""
+    items = [
+        {"id": i, "area": None if i % 3 else 1.5 * i, "poly": [[i, 0.5], [1, 2]] if i % 2 else []}
+        for i in range(3000)
+    ]
+    with SharedList(items) as shared:
+        assert shared._buffer.encoding == "records"
+        assert [exactly(item) for item in shared] == [exactly(item) for item in items]
+
+
+@pytest.mark.parametrize("where", [0, 1023, 1024, 2999])
+def test_an_odd_value_in_any_part_of_a_long_list_makes_every_item_pickled(where):
+    """Records are checked a part (1,024 items) at a time: a NumPy scalar in any part is found."""
+    items = [{"id": i, "box": [float(i), 2.0]} for i in range(3000)]
+    items[where] = {"id": where, "box": [np.float64(where), 2.0]}
+    with SharedList(items) as shared:
+        assert shared._buffer.encoding == "pickles"
+        assert type(shared[where]["box"][0]) is np.float64 and shared == items
+
+
 def test_a_record_keeps_objects_it_shares_shared():
     """Two values that are one list come back as one list, as pickle would give them."""
     box = [1.5, 2.0]
